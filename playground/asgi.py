@@ -1,0 +1,36 @@
+"""ASGI entry point: Django plus a small lifespan wrapper.
+
+Django's ASGI handler rejects `lifespan` scopes, so this wrapper answers them itself: at startup
+it creates the worker's one shared `httpx.AsyncClient` (a connection pool per process and event
+loop), and at shutdown it closes it. `http` scopes go straight to Django. Without a lifespan
+(tests, management commands) `completions.get_client()` falls back to a lazy per-loop client.
+"""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "playground.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402  (settings module must be set first)
+
+django_application = get_asgi_application()
+
+
+async def application(scope, receive, send):
+    if scope["type"] != "lifespan":
+        await django_application(scope, receive, send)
+        return
+    from playground import completions
+
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                completions.set_client(completions.make_client())
+            except Exception as exc:  # report to the server, which then refuses to start
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await completions.close_client()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,1049 @@
+"""The thin typed client for OpenAI-compatible `/v1/completions` upstreams.
+
+This is the only module that knows upstream URL paths and JSON shapes. Everything else in the
+app sees the frozen dataclasses below (`CompletionRequest`, `Delta`, `Token`, `Alternative`,
+`Usage`, `Completion`) and one exception type, `UpstreamError`, whose message is always safe to
+show to a user (it never contains a raw upstream body or a key).
+
+The calls are plain async functions taking the `httpx.AsyncClient` first: `stream_completion`
+(SSE, one `Delta` per chunk) and `create_completion`. `build_payload` is the only place a request
+body is built, `error_from_response` the only place upstream errors are read, and
+`make_client`/`get_client`/`set_client`/`close_client` keep one client per event loop. Wire
+formats: /work/shared/reference/protocol.md (cited as protocol.md §n).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import re
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from playground.backends import Backend
+
+logger = logging.getLogger(__name__)
+
+
+class LogprobStatus(StrEnum):
+    """Whether a backend sent real token probabilities."""
+
+    REAL = "real"
+    # Hosted NIM has been seen sending all-0.0 logprobs with no token strings: not a 100 % token.
+    PLACEHOLDER = "placeholder"
+    ABSENT = "absent"
+
+
+class ErrorKind(StrEnum):
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    RATE_LIMITED = "rate_limited"
+    BAD_REQUEST = "bad_request"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    PROTOCOL = "protocol"
+
+
+class UpstreamError(Exception):
+    """An upstream call failed; `message` is short, user-facing and free of upstream bodies."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Alternative:
+    """One candidate the model weighed for a position, with its natural-log probability."""
+
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Token:
+    """One generated token. `logprob` is None when the backend gave no probability for it."""
+
+    text: str
+    logprob: float | None
+    alternatives: tuple[Alternative, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Delta:
+    """One piece of a streamed completion.
+
+    `tokens` concatenate to `text` when `logprobs` is REAL; otherwise `tokens` is empty and only
+    `text` is meaningful. A delta may carry only `finish_reason` and/or `usage` (empty text).
+    """
+
+    text: str = ""
+    tokens: tuple[Token, ...] = ()
+    logprobs: LogprobStatus = LogprobStatus.ABSENT
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Completion:
+    """A whole (non-streamed) completion."""
+
+    text: str
+    tokens: tuple[Token, ...]
+    logprobs: LogprobStatus
+    finish_reason: str | None
+    usage: Usage | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CompletionRequest:
+    """Validated sampling parameters: the only source of what is sent upstream.
+
+    `logprobs` is the number of alternatives wanted per token (0-5 in the UI); the client still
+    asks for at least one so every token can be tinted by its own probability.
+    """
+
+    model: str
+    prompt: str
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int = 5
+
+
+# --- Request -------------------------------------------------------------------------------------
+
+# What an upstream that misbehaves may make us read: an error page is only parsed for a short
+# JSON message, and a non-streamed answer with logprobs for a few thousand tokens is well under
+# a MiB.
+ERROR_BODY_LIMIT = 64 * 1024
+COMPLETION_BODY_LIMIT = 16 * 1024 * 1024
+DETAIL_LIMIT = 200
+
+
+def build_payload(backend: Backend, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
+    """The JSON body of `POST /v1/completions`: an allow-list built from the validated request.
+
+    This is the only place an upstream body is built. Hosted NIM rejects unknown keys with 400/422
+    (protocol.md §1.2), so nothing beyond these keys is ever sent.
+    """
+    payload: dict[str, Any] = {
+        "model": request.model or backend.model,
+        "prompt": request.prompt,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "frequency_penalty": request.frequency_penalty,
+        "presence_penalty": request.presence_penalty,
+        # At least one, so every sampled token carries its own probability even when the user
+        # wants no alternatives; never more than the backend accepts (OpenAI caps at 5, vLLM
+        # answers 400 above --max-logprobs, protocol.md §2, §3.1).
+        "logprobs": max(1, min(request.logprobs, backend.max_alternatives)),
+        "stream": stream,
+    }
+    if request.seed is not None:
+        payload["seed"] = request.seed
+    if request.stop:
+        payload["stop"] = list(request.stop)
+    if stream:
+        # Without it OpenAI, vLLM, llama.cpp and Ollama send no token counts in a stream.
+        payload["stream_options"] = {"include_usage": True}
+    return payload
+
+
+def auth_headers(backend: Backend) -> dict[str, str]:
+    return {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+
+
+# --- Server-sent events --------------------------------------------------------------------------
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+class SSEParser:
+    """Incremental server-sent-events parser: bytes in, the `data` of each complete event out.
+
+    Follows the WHATWG event-stream rules
+    (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation):
+    `\\n`, `\\r\\n` and `\\r` end lines, `:` starts a comment (llama.cpp's keep-alive pings),
+    `event:`/`id:`/`retry:` carry nothing a completion needs, and several `data:` lines of one
+    event are joined with `\\n`. Bytes may be split anywhere, including inside a UTF-8 character
+    or between the `\\r` and `\\n` of one line end.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+        self._data: list[str] | None = None
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[str]:
+        return self._consume(self._decoder.decode(chunk), final=False)
+
+    def close(self) -> list[str]:
+        """End of stream: also dispatch an event the server did not finish with a blank line."""
+        return self._consume(self._decoder.decode(b"", final=True), final=True)
+
+    def _consume(self, text: str, *, final: bool) -> list[str]:
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        # The pending tail has no line end in it, except perhaps a final `\r` that may be the
+        # first half of a `\r\n`: scan only from there.
+        scan_from = len(self._pending) - 1 if self._pending.endswith("\r") else len(self._pending)
+        buffer = self._pending + text
+        events: list[str] = []
+        start = 0
+        for match in _LINE_END.finditer(buffer, scan_from):
+            if not final and match.group() == "\r" and match.end() == len(buffer):
+                break
+            self._line(buffer[start : match.start()], events)
+            start = match.end()
+        self._pending = buffer[start:]
+        if final:
+            if self._pending:
+                self._line(self._pending, events)
+            self._pending = ""
+            self._line("", events)
+        return events
+
+    def _line(self, line: str, events: list[str]) -> None:
+        if not line:
+            if self._data is not None:
+                events.append("\n".join(self._data))
+                self._data = None
+            return
+        if line.startswith(":"):
+            return
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            if self._data is None:
+                self._data = []
+            self._data.append(value)
+
+
+# --- Logprobs ------------------------------------------------------------------------------------
+
+# OpenAI spells a token that is not valid UTF-8 on its own as `bytes:\xe2\x82`.
+_BYTES_TOKEN = re.compile(r"bytes:((?:\\x[0-9a-fA-F]{2})+)")
+# How many tokens past a disagreement with the text to look for the tokens to agree again.
+_RESYNC_WINDOW = 8
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One token as the upstream described it, before it is placed on the text."""
+
+    text: str | None
+    data: bytes | None
+    logprob: float | None
+    alternatives: tuple[tuple[str | None, bytes | None, float], ...]
+
+
+def _as_logprob(value: object, *, prob: bool = False) -> float | None:
+    """A finite natural-log probability, or None.
+
+    NaN, ±inf and a `prob` of 0 become None ("no usable probability") rather than -inf: -inf
+    cannot travel in JSON to the browser, and vLLM clamps real logprobs to -9999 anyway, so a
+    non-finite value only ever means a broken or missing number.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    if prob:
+        # llama.cpp `post_sampling_probs` sends probabilities in 0..1 (protocol.md §4.1).
+        if not 0.0 < number <= 1.0:
+            return None
+        number = math.log(number)
+    return number if math.isfinite(number) else None
+
+
+def _token_string(raw: object) -> tuple[str | None, bytes | None]:
+    if not isinstance(raw, str):
+        return None, None
+    match = _BYTES_TOKEN.fullmatch(raw)
+    if match:
+        return None, bytes.fromhex(match.group(1).replace("\\x", ""))
+    return raw, None
+
+
+def _token_bytes(raw: object) -> bytes | None:
+    if isinstance(raw, list) and all(
+        isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in raw
+    ):
+        return bytes(raw)
+    return None
+
+
+def _legacy_entries(obj: Mapping[str, Any]) -> list[_Entry]:
+    """OpenAI/vLLM `{tokens, token_logprobs, top_logprobs: [{token: logprob} | null]}`."""
+    tokens = obj.get("tokens") if isinstance(obj.get("tokens"), list) else []
+    logprobs = obj.get("token_logprobs") if isinstance(obj.get("token_logprobs"), list) else []
+    tops = obj.get("top_logprobs") if isinstance(obj.get("top_logprobs"), list) else []
+    entries = []
+    for i in range(max(len(tokens), len(logprobs))):
+        text, data = _token_string(tokens[i] if i < len(tokens) else None)
+        top = tops[i] if i < len(tops) else None
+        alternatives = []
+        if isinstance(top, dict):
+            for key, value in top.items():
+                alt_text, alt_data = _token_string(key)
+                alt_logprob = _as_logprob(value)
+                if alt_logprob is not None:
+                    alternatives.append((alt_text, alt_data, alt_logprob))
+        logprob = _as_logprob(logprobs[i]) if i < len(logprobs) else None
+        entries.append(_Entry(text, data, logprob, tuple(alternatives)))
+    return entries
+
+
+def _content_entry(item: Mapping[str, Any]) -> tuple[str | None, bytes | None, float | None]:
+    text, data = _token_string(item.get("token"))
+    data = _token_bytes(item.get("bytes")) if "bytes" in item else data
+    if "logprob" in item:
+        return text, data, _as_logprob(item.get("logprob"))
+    return text, data, _as_logprob(item.get("prob"), prob=True)
+
+
+def _content_entries(items: list[Any]) -> list[_Entry]:
+    """llama.cpp / NIM model-card `{"content": [{token, bytes, logprob|prob, top_logprobs}]}`."""
+    entries = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        text, data, logprob = _content_entry(item)
+        top = item.get("top_logprobs", item.get("top_probs"))
+        alternatives = []
+        for alt in top if isinstance(top, list) else ():
+            if isinstance(alt, dict):
+                alt_text, alt_data, alt_logprob = _content_entry(alt)
+                if alt_logprob is not None:
+                    alternatives.append((alt_text, alt_data, alt_logprob))
+        entries.append(_Entry(text, data, logprob, tuple(alternatives)))
+    return entries
+
+
+def _entries(obj: object) -> list[_Entry]:
+    if isinstance(obj, list):  # Ollama's native shape, a bare list of content items
+        return _content_entries(obj)
+    if not isinstance(obj, dict):
+        return []
+    if "content" in obj:
+        content = obj["content"]
+        return _content_entries(content) if isinstance(content, list) else []
+    if "tokens" in obj or "token_logprobs" in obj:
+        return _legacy_entries(obj)
+    return []
+
+
+def _retext(token: Token, text: str) -> Token:
+    # The sampled token's own entry among the alternatives reads the same as the token.
+    alternatives = tuple(
+        dataclasses.replace(alternative, text=text)
+        if text and alternative.text == token.text
+        else alternative
+        for alternative in token.alternatives
+    )
+    return dataclasses.replace(token, text=text, alternatives=alternatives)
+
+
+def _align(tokens: list[Token], text: str) -> list[Token]:
+    """Place tokens on the text so that they always concatenate to exactly `text`.
+
+    Token strings are used wherever they agree with the text. Where they do not - a byte piece of
+    a character that vLLM decodes alone as U+FFFD, a stop sequence or special token the server
+    trimmed from the text, `token_id:…` names - the text wins: the disagreeing run of tokens keeps
+    its probabilities, the last token of the run (the one that completes the character) gets the
+    text up to where the following tokens agree again, the others get "". Text no token accounts
+    for becomes an unscored token (logprob None). If the tokens never agree again within a few
+    tokens, the rest of the text is one unscored token and the rest of the probabilities are
+    dropped rather than pinned on text they may not belong to.
+    """
+    placed: list[Token] = []
+    position = 0
+    i = 0
+    while i < len(tokens):
+        if text.startswith(tokens[i].text, position):
+            placed.append(tokens[i])
+            position += len(tokens[i].text)
+            i += 1
+            continue
+        resume_token, resume_at = -1, -1
+        for j in range(i + 1, min(len(tokens), i + _RESYNC_WINDOW) + 1):
+            if j == len(tokens):
+                resume_token, resume_at = j, len(text)
+                break
+            anchor = "".join(token.text for token in tokens[j : j + 2])
+            found = text.find(anchor, position) if anchor else -1
+            if found >= 0:
+                resume_token, resume_at = j, found
+                break
+        if resume_token < 0:
+            break
+        placed.extend(_retext(token, "") for token in tokens[i : resume_token - 1])
+        placed.append(_retext(tokens[resume_token - 1], text[position:resume_at]))
+        position = resume_at
+        i = resume_token
+    if position < len(text):
+        placed.append(Token(text=text[position:], logprob=None))
+    return placed
+
+
+class TokenAssembler:
+    """Turns the logprobs of successive chunks into `Token`s, carrying partial UTF-8 between them.
+
+    A multibyte character can be split across tokens (byte-fallback tokens) and across stream
+    chunks. When the upstream sends token `bytes` (llama.cpp, OpenAI's `bytes:\\x..` names), the
+    token text is rebuilt from the accumulated bytes with one incremental decoder, so the
+    character ends up whole in the token that completes it and the earlier piece shows as "".
+    Then `_align` makes the tokens of each chunk concatenate to that chunk's text.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, obj: object, text: str) -> tuple[tuple[Token, ...], LogprobStatus]:
+        entries = _entries(obj)
+        if not entries:
+            return (), LogprobStatus.ABSENT
+        if all(entry.text is None and entry.data is None for entry in entries):
+            # Hosted NIM sends `token_logprobs: [0.0]` with no tokens even when logprobs were
+            # not asked for: that is not a 100 % token (protocol.md §1.4).
+            if all(entry.logprob == 0.0 for entry in entries):
+                return (), LogprobStatus.PLACEHOLDER
+            if len(entries) == 1 and entries[0].logprob is not None:
+                # Streams carry one token per chunk: a lone nameless entry scores the chunk.
+                return (self._token(entries[0], text),), LogprobStatus.REAL
+            return (), LogprobStatus.ABSENT
+        tokens = [self._token(entry, None) for entry in entries]
+        return tuple(_align(tokens, text)), LogprobStatus.REAL
+
+    def _token(self, entry: _Entry, text: str | None) -> Token:
+        pending = self._decoder.getstate()[0]
+        if text is None:
+            if entry.data is not None:
+                text = self._decoder.decode(entry.data)
+            else:
+                # A string token after byte pieces that never completed: show what was left.
+                text = self._decoder.decode(b"", final=True) + (entry.text or "")
+                self._decoder.reset()
+        alternatives = [
+            Alternative(text=self._alternative_text(pending, alt_text, alt_data), logprob=logprob)
+            for alt_text, alt_data, logprob in entry.alternatives
+        ]
+        alternatives.sort(key=lambda alternative: alternative.logprob, reverse=True)
+        return Token(text=text, logprob=entry.logprob, alternatives=tuple(alternatives))
+
+    @staticmethod
+    def _alternative_text(pending: bytes, text: str | None, data: bytes | None) -> str:
+        if data is None:
+            return text or ""
+        # What the output would have read had this candidate been sampled after the pending
+        # bytes; a candidate that is itself an incomplete character shows as `\xe2\x82`.
+        return (pending + data).decode("utf-8", errors="backslashreplace")
+
+
+def parse_logprobs(obj: object, text: str) -> tuple[tuple[Token, ...], LogprobStatus]:
+    """Normalise one choice's `logprobs` (any upstream shape) into tokens placed on `text`.
+
+    Shapes (protocol.md §9): null/missing → ABSENT; legacy `{tokens, token_logprobs,
+    top_logprobs, text_offset}` (OpenAI, vLLM); `{"content": [...]}` with `logprob` or `prob`
+    (llama.cpp, NIM model card); all-0.0 logprobs without token strings → PLACEHOLDER.
+    Alternatives are sorted by logprob, most likely first, and kept as given (the sampled token
+    may or may not be among them). Probabilities are never invented.
+    """
+    return TokenAssembler().feed(obj, text)
+
+
+# --- Chunks and completions ----------------------------------------------------------------------
+
+# TGI streams its raw stop reasons (protocol.md §6).
+_FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop"}
+
+
+def _finish_reason(value: object) -> str | None:
+    if not isinstance(value, str) or not value:  # TGI sends "" on non-final chunks
+        return None
+    return _FINISH_REASONS.get(value, value)
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _usage(obj: object) -> Usage | None:
+    if not isinstance(obj, dict):
+        return None
+    prompt, completion = _count(obj.get("prompt_tokens")), _count(obj.get("completion_tokens"))
+    if prompt is None and completion is None:
+        return None
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+def _first_choice(choices: object) -> Mapping[str, Any] | None:
+    if not isinstance(choices, list):
+        return None
+    # We ask for one choice (no `n`), so this is index 0, or the first if a server numbers oddly.
+    candidates = [choice for choice in choices if isinstance(choice, dict)]
+    first = [choice for choice in candidates if choice.get("index", 0) == 0]
+    return (first or candidates or [None])[0]
+
+
+def _is_error(payload: Mapping[str, Any]) -> bool:
+    return not payload.get("choices") and ("error" in payload or payload.get("object") == "error")
+
+
+def _delta(payload: Mapping[str, Any], assembler: TokenAssembler) -> Delta:
+    usage = _usage(payload.get("usage"))
+    choice = _first_choice(payload.get("choices"))
+    if choice is None:
+        return Delta(usage=usage)
+    if usage is not None and not usage.prompt_tokens and not usage.completion_tokens:
+        # Ollama puts all-zero usage on every chunk under include_usage and the real one on a
+        # final `choices: []` chunk (protocol.md §5).
+        usage = None
+    text = choice.get("text") if isinstance(choice.get("text"), str) else ""
+    tokens, status = assembler.feed(choice.get("logprobs"), text)
+    return Delta(
+        text=text,
+        tokens=tokens,
+        logprobs=status,
+        finish_reason=_finish_reason(choice.get("finish_reason")),
+        usage=usage,
+    )
+
+
+def _completion(body: bytes, backend: Backend, request: CompletionRequest) -> Completion:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise UpstreamError(
+            ErrorKind.PROTOCOL, "The backend's answer was not valid JSON."
+        ) from None
+    if not isinstance(payload, dict):
+        raise UpstreamError(ErrorKind.PROTOCOL, "The backend's answer was not a completion.")
+    if _is_error(payload):
+        raise _error_from_payload(payload, model=request.model, secret=backend.api_key)
+    choice = _first_choice(payload.get("choices"))
+    if choice is None:
+        raise UpstreamError(ErrorKind.PROTOCOL, "The backend's answer contained no completion.")
+    text = choice.get("text") if isinstance(choice.get("text"), str) else ""
+    tokens, status = parse_logprobs(choice.get("logprobs"), text)
+    return Completion(
+        text=text,
+        tokens=tokens,
+        logprobs=status,
+        finish_reason=_finish_reason(choice.get("finish_reason")),
+        usage=_usage(payload.get("usage")),
+    )
+
+
+# --- Errors --------------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+# Keys an upstream may echo back in a message (NVIDIA `nvapi-`, OpenAI-style `sk-`, bearer).
+_SECRET = re.compile(r"\b(?:nvapi|sk)-[A-Za-z0-9_\-]{6,}|\bBearer\s+\S+", re.IGNORECASE)
+# Error `type` words (OpenAI, vLLM, llama.cpp, Ollama, TGI `error_type`) → an equivalent status.
+_STATUS_BY_TYPE = (
+    ("auth", 401),
+    ("permission", 403),
+    ("notfound", 404),
+    ("ratelimit", 429),
+    ("quota", 429),
+    ("overloaded", 429),
+    ("timeout", 408),
+    ("invalidrequest", 400),
+    ("badrequest", 400),
+    ("validation", 422),
+    ("unprocessable", 422),
+    ("unavailable", 503),
+    ("generation", 500),
+    ("server", 500),
+    ("internal", 500),
+)
+
+
+def _sanitize(text: str, secret: str = "") -> str | None:
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    text = _SECRET.sub("[redacted]", text)
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    if len(text) > DETAIL_LIMIT:
+        text = text[: DETAIL_LIMIT - 1].rstrip() + "…"
+    return text or None
+
+
+def _detail(payload: object) -> str | None:
+    """The message of a JSON error body, whichever server wrote it (protocol.md §9)."""
+    if not isinstance(payload, dict):
+        return None
+    error = payload.get("error")
+    if isinstance(error, dict):  # OpenAI, vLLM, llama.cpp, Ollama
+        message = error.get("message")
+        return message if isinstance(message, str) else None
+    if isinstance(error, str):  # TGI
+        return error
+    detail = payload.get("detail")
+    if isinstance(detail, str):  # RFC 7807 problem details (hosted NIM), FastAPI
+        return detail
+    if isinstance(detail, list):  # FastAPI validation errors
+        parts = []
+        for item in detail[:3]:
+            if isinstance(item, dict) and isinstance(item.get("msg"), str):
+                location = ".".join(str(part) for part in item.get("loc") or ())
+                parts.append(f"{location}: {item['msg']}" if location else item["msg"])
+        return "; ".join(parts) or None
+    for key in ("message", "title"):  # old vLLM flat errors; problem details without detail
+        if isinstance(payload.get(key), str):
+            return payload[key]
+    return None
+
+
+def _retry_after(headers: Mapping[str, str] | httpx.Headers | None) -> float | None:
+    headers = httpx.Headers(headers or {})
+    with contextlib.suppress(ValueError):
+        milliseconds = float(headers.get("retry-after-ms", ""))
+        if math.isfinite(milliseconds) and milliseconds >= 0:
+            return milliseconds / 1000
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _error_for_status(
+    status: int, detail: str | None, retry_after: float | None, model: str | None
+) -> UpstreamError:
+    def error(kind: ErrorKind, message: str) -> UpstreamError:
+        return UpstreamError(kind, message, status=status, retry_after=retry_after)
+
+    if status in (401, 403):
+        return error(
+            ErrorKind.AUTH,
+            "The backend rejected the API key. "
+            "Check NVIDIA_API_KEY / the key in server configuration.",
+        )
+    if status == 402:
+        return error(
+            ErrorKind.AUTH,
+            "The backend account is out of credits or its plan does not cover this (HTTP 402). "
+            "Top up the account or pick another backend.",
+        )
+    if status in (404, 410):
+        name = f'"{_sanitize(model)}" ' if model and _sanitize(model) else ""
+        return error(
+            ErrorKind.NOT_FOUND,
+            f"The model {name}is not available on this backend (unknown or retired). "
+            "Pick another model.",
+        )
+    if status == 408:
+        return error(ErrorKind.TIMEOUT, "The backend timed out (HTTP 408). Try again.")
+    if status == 429:
+        wait = f"{math.ceil(retry_after)} s" if retry_after is not None else "a moment"
+        return error(ErrorKind.RATE_LIMITED, f"Rate limited by the backend; try again in {wait}.")
+    if status == 413:
+        return error(ErrorKind.BAD_REQUEST, "The prompt is too large for the backend (HTTP 413).")
+    if 400 <= status < 500 and status != 424:  # TGI's 424 is a failed generation
+        if detail:
+            return error(ErrorKind.BAD_REQUEST, f"The backend rejected the request: {detail}")
+        return error(
+            ErrorKind.BAD_REQUEST,
+            f"The backend rejected the request (HTTP {status}). Check the parameters.",
+        )
+    if status >= 400:
+        return error(
+            ErrorKind.UNAVAILABLE, f"The backend failed (HTTP {status}). Try again in a moment."
+        )
+    # A redirect or an odd success code: most likely a base URL that is not an API root.
+    return error(
+        ErrorKind.PROTOCOL,
+        f"The backend answered HTTP {status} instead of a completion. "
+        "Check its configured base URL.",
+    )
+
+
+def error_from_response(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str] | httpx.Headers | None = None,
+    *,
+    model: str | None = None,
+    secret: str = "",
+) -> UpstreamError:
+    """Map a non-2xx upstream answer to an `UpstreamError` with a short, safe message.
+
+    Only a message found in a JSON error field may reach the user (for 4xx validation errors),
+    with control characters stripped, keys redacted (`secret` and anything key-shaped) and cut to
+    DETAIL_LIMIT; a plain-text or HTML body (a 500 page may hold secrets) is never shown.
+    """
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+    detail = _detail(payload)
+    return _error_for_status(
+        status, _sanitize(detail, secret) if detail else None, _retry_after(headers), model
+    )
+
+
+def _error_from_payload(
+    payload: Mapping[str, Any], *, model: str | None, secret: str
+) -> UpstreamError:
+    """An error sent as JSON where a completion was expected, e.g. mid-stream (§1.5, §3.3)."""
+    error = payload.get("error", payload)
+    status = None
+    kind_word = payload.get("error_type")  # TGI
+    if isinstance(error, dict):
+        code = error.get("code")
+        if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
+            status = code
+        kind_word = error.get("type", kind_word)
+    if status is None and isinstance(kind_word, str):
+        normalised = re.sub(r"[^a-z]", "", kind_word.lower())
+        status = next((s for word, s in _STATUS_BY_TYPE if word in normalised), None)
+    detail = _detail(payload)
+    if status is None:
+        return UpstreamError(
+            ErrorKind.UNAVAILABLE,
+            "The backend reported an error during the completion. Try again in a moment.",
+        )
+    return _error_for_status(status, _sanitize(detail, secret) if detail else None, None, model)
+
+
+def _error_from_exception(exc: Exception, client: httpx.AsyncClient) -> UpstreamError:
+    if isinstance(exc, httpx.PoolTimeout):
+        # Every pooled connection is in use by other runs: our side is busy, not the backend.
+        return UpstreamError(
+            ErrorKind.UNAVAILABLE, "The server is busy with other runs; try again in a moment."
+        )
+    if isinstance(exc, httpx.ConnectTimeout):
+        return UpstreamError(
+            ErrorKind.TIMEOUT, "The backend did not accept a connection in time. Try again."
+        )
+    if isinstance(exc, httpx.ReadTimeout):
+        gap = client.timeout.read
+        wait = f"for {gap:g} s" if gap is not None else "for too long"
+        return UpstreamError(
+            ErrorKind.TIMEOUT,
+            f"The backend sent nothing {wait}; it may be overloaded. Try again in a moment.",
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(ErrorKind.TIMEOUT, "The backend timed out. Try again in a moment.")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamError(
+            ErrorKind.UNAVAILABLE, "Could not reach the backend at its configured address."
+        )
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
+        return UpstreamError(
+            ErrorKind.UNAVAILABLE,
+            "The connection to the backend dropped before the completion finished. Try again.",
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return UpstreamError(
+            ErrorKind.UNAVAILABLE,
+            "The backend address in the server configuration is not a valid http(s) URL.",
+        )
+    if isinstance(exc, httpx.DecodingError):
+        return UpstreamError(ErrorKind.PROTOCOL, "The backend's answer could not be decoded.")
+    return UpstreamError(
+        ErrorKind.UNAVAILABLE, "The request to the backend failed. Try again in a moment."
+    )
+
+
+def _log_failure(backend: Backend, error: UpstreamError, cause: BaseException | None) -> None:
+    # Kind, status and exception class only: upstream bodies and keys never reach the log.
+    logger.warning(
+        "Upstream %s failed: %s%s%s",
+        backend.id,
+        error.kind,
+        f" (HTTP {error.status})" if error.status else "",
+        f" ({type(cause).__name__})" if cause is not None else "",
+    )
+
+
+# --- Calls ---------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _within(deadline: float, limit: float) -> AsyncIterator[None]:
+    """Bound one await by the run's total deadline (a loop-clock time).
+
+    Scoped per await, never across a `yield`: a timeout spanning a yield would cancel whatever
+    the consumer is doing at that moment instead of the upstream read.
+    """
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError:
+        raise UpstreamError(ErrorKind.TIMEOUT, f"The run hit the {limit:g} s time limit.") from None
+
+
+def _deadline() -> tuple[float, float]:
+    limit = float(settings.UPSTREAM_TOTAL_TIMEOUT)
+    return asyncio.get_running_loop().time() + limit, limit
+
+
+def _open(
+    client: httpx.AsyncClient, backend: Backend, request: CompletionRequest, *, stream: bool
+) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+    headers = {"Accept": "text/event-stream" if stream else "application/json"}
+    headers.update(auth_headers(backend))
+    return client.stream(
+        "POST",
+        f"{backend.base_url}/completions",
+        json=build_payload(backend, request, stream=stream),
+        headers=headers,
+    )
+
+
+async def _read(response: httpx.Response, limit: int, *, strict: bool) -> bytes:
+    """Read at most `limit` bytes of a body.
+
+    `strict=False` (error bodies): a body that fails or runs long is cut short, as it is only
+    searched for a message. `strict=True` (completions): failures propagate.
+    """
+    body = bytearray()
+    try:
+        async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > limit:
+                    if strict:
+                        raise UpstreamError(
+                            ErrorKind.PROTOCOL, "The backend's answer was unexpectedly large."
+                        )
+                    break
+    except httpx.HTTPError:
+        if strict:
+            raise
+    return bytes(body[:limit])
+
+
+async def _check_status(
+    response: httpx.Response, backend: Backend, request: CompletionRequest
+) -> None:
+    if response.is_success:
+        return
+    body = await _read(response, ERROR_BODY_LIMIT, strict=False)
+    raise error_from_response(
+        response.status_code,
+        body,
+        response.headers,
+        model=request.model or backend.model,
+        secret=backend.api_key,
+    )
+
+
+@contextlib.contextmanager
+def _upstream_errors(client: httpx.AsyncClient, backend: Backend) -> Iterator[None]:
+    """Turn every failure into an `UpstreamError` (logged once); raw httpx errors never escape."""
+    try:
+        yield
+    except UpstreamError as error:
+        _log_failure(backend, error, None)
+        raise
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        error = _error_from_exception(exc, client)
+        _log_failure(backend, error, exc)
+        raise error from None
+
+
+async def stream_completion(
+    client: httpx.AsyncClient, backend: Backend, request: CompletionRequest
+) -> AsyncIterator[Delta]:
+    """Stream one completion as `Delta`s, one per upstream JSON chunk.
+
+    The upstream request is opened inside this generator: when the consumer stops (closes the
+    generator, or its task is cancelled because the browser went away) the response is closed
+    and so is the upstream connection. Consume it with `contextlib.aclosing` so that happens
+    promptly. Raises `UpstreamError` only, possibly after some deltas; the run as a whole is
+    bounded by `settings.UPSTREAM_TOTAL_TIMEOUT`.
+    """
+    deadline, limit = _deadline()
+    with _upstream_errors(client, backend):
+        async with contextlib.AsyncExitStack() as stack:
+            async with _within(deadline, limit):
+                response = await stack.enter_async_context(
+                    _open(client, backend, request, stream=True)
+                )
+                await _check_status(response, backend, request)
+            if "event-stream" not in response.headers.get("content-type", "") and (
+                "json" in response.headers.get("content-type", "")
+            ):
+                # A server that ignores `stream: true` answers with one JSON completion.
+                async with _within(deadline, limit):
+                    body = await _read(response, COMPLETION_BODY_LIMIT, strict=True)
+                completion = _completion(body, backend, request)
+                yield Delta(
+                    text=completion.text,
+                    tokens=completion.tokens,
+                    logprobs=completion.logprobs,
+                    finish_reason=completion.finish_reason,
+                    usage=completion.usage,
+                )
+                return
+            chunks = await stack.enter_async_context(contextlib.aclosing(response.aiter_bytes()))
+            parser = SSEParser()
+            assembler = TokenAssembler()
+            finished = False
+            while True:
+                async with _within(deadline, limit):
+                    chunk = await anext(chunks, None)
+                for data in parser.feed(chunk) if chunk is not None else parser.close():
+                    if data.strip() == "[DONE]":
+                        # Not drained: waiting for the body's end could hang on a server that
+                        # keeps the connection open, so the connection is closed, not pooled.
+                        return
+                    if not data.strip():
+                        continue
+                    delta = _delta(_parse_chunk(data, backend, request), assembler)
+                    finished = finished or delta.finish_reason is not None
+                    yield delta
+                if chunk is None:
+                    break
+            # [DONE] is a convention, not a guarantee: a finish_reason already said it is over.
+            if not finished:
+                raise UpstreamError(
+                    ErrorKind.PROTOCOL, "The stream ended before the completion finished."
+                )
+
+
+def _parse_chunk(data: str, backend: Backend, request: CompletionRequest) -> Mapping[str, Any]:
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise UpstreamError(ErrorKind.PROTOCOL, "The backend sent a malformed stream chunk.")
+    if _is_error(payload):
+        raise _error_from_payload(
+            payload, model=request.model or backend.model, secret=backend.api_key
+        )
+    return payload
+
+
+async def create_completion(
+    client: httpx.AsyncClient, backend: Backend, request: CompletionRequest
+) -> Completion:
+    """One non-streamed completion. Raises `UpstreamError` only."""
+    deadline, limit = _deadline()
+    with _upstream_errors(client, backend):
+        async with (
+            _within(deadline, limit),
+            _open(client, backend, request, stream=False) as response,
+        ):
+            await _check_status(response, backend, request)
+            body = await _read(response, COMPLETION_BODY_LIMIT, strict=True)
+        return _completion(body, backend, request)
+
+
+# --- Clients -------------------------------------------------------------------------------------
+
+
+def make_client(
+    *,
+    max_connections: int | None = None,
+    timeout: httpx.Timeout | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """An upstream client with explicit timeouts and pool limits from settings.
+
+    `read` is the longest gap between two chunks (it must cover the prefill of a long prompt);
+    the deadline for a whole run is UPSTREAM_TOTAL_TIMEOUT, enforced per call. A request body is
+    small, so writes share the connect timeout.
+    """
+    if timeout is None:
+        timeout = httpx.Timeout(
+            connect=settings.UPSTREAM_CONNECT_TIMEOUT,
+            read=settings.UPSTREAM_READ_TIMEOUT,
+            write=settings.UPSTREAM_CONNECT_TIMEOUT,
+            pool=settings.UPSTREAM_POOL_TIMEOUT,
+        )
+    connections = max_connections or settings.UPSTREAM_MAX_CONNECTIONS
+    limits = httpx.Limits(
+        max_connections=connections,
+        max_keepalive_connections=min(connections, 20),
+        keepalive_expiry=30.0,
+    )
+    return httpx.AsyncClient(
+        timeout=timeout, limits=limits, transport=transport, follow_redirects=False
+    )
+
+
+# An httpx client is bound to the event loop that first used it, so there is one per loop: the
+# ASGI lifespan installs the server's own, anything else (a test, a management command) gets a
+# lazily made one.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def set_client(client: httpx.AsyncClient) -> None:
+    """Install `client` for the running event loop (ASGI lifespan startup)."""
+    _clients[asyncio.get_running_loop()] = client
+
+
+def get_client() -> httpx.AsyncClient:
+    """The client for the running event loop, made on first use."""
+    loop = asyncio.get_running_loop()
+    # A client's idle connections refer back to their loop, so a weak key alone would never
+    # let go of a finished loop: drop those explicitly.
+    for old in [old for old in _clients if old.is_closed()]:
+        del _clients[old]
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        client = _clients[loop] = make_client()
+    return client
+
+
+async def close_client() -> None:
+    """Close the running event loop's client (ASGI lifespan shutdown)."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()

@@ -1,0 +1,153 @@
+"""Django settings for the playground, read from the environment (django-environ).
+
+Precedence: the real environment, then a local `.env` file (written by `make run` with a generated
+secret key), then the defaults below, which give a one-machine setup: SQLite, local-memory cache,
+the built-in offline model. Every variable is documented in `.env.example`.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# The real environment always wins: read_env only fills variables that are not set yet.
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DJANGO_ENV = env.str("DJANGO_ENV", default="development")
+PRODUCTION = DJANGO_ENV == "production"
+
+_DEV_SECRET_KEY = "django-insecure-playground-development-key-do-not-deploy"  # noqa: S105
+SECRET_KEY = env.str("SECRET_KEY", default="") or _DEV_SECRET_KEY
+if PRODUCTION and (SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 40):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("DJANGO_ENV=production needs a real SECRET_KEY (40+ characters).")
+
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = [o for o in env.list("CSRF_TRUSTED_ORIGINS", default=[]) if o]
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "template_partials",
+    "playground",
+]
+
+# Kept short on purpose: under ASGI every sync-only middleware costs a thread hop per request
+# (see docs/ARCHITECTURE.md). Each of these is async-capable.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "playground.urls"
+ASGI_APPLICATION = "playground.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# An empty variable (as copied from .env.example) means "use the default".
+DATABASE_URL = env.str("DATABASE_URL", default="") or f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}"
+DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # under ASGI persistent connections leak; see ARCHITECTURE
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+
+CACHE_URL = env.str("CACHE_URL", default="") or "locmemcache://playground"
+CACHES = {"default": env.cache_url_config(CACHE_URL)}
+
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Without collectstatic (make run, tests) ServeStatic serves the finders' files directly.
+SERVESTATIC_USE_FINDERS = True
+SERVESTATIC_AUTOREFRESH = DEBUG
+
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Backends -----------------------------------------------------------------------------
+# Upstream URLs come only from here (server configuration), never from a request.
+NVIDIA_API_KEY = env.str("NVIDIA_API_KEY", default="")
+NVIDIA_BASE_URL = env.str("NVIDIA_BASE_URL", default="https://integrate.api.nvidia.com/v1")
+NVIDIA_MODEL = env.str("NVIDIA_MODEL", default="bigcode/starcoder2-7b")
+COMPLETIONS_BASE_URL = env.str("COMPLETIONS_BASE_URL", default="")
+COMPLETIONS_API_KEY = env.str("COMPLETIONS_API_KEY", default="")
+COMPLETIONS_MODEL = env.str("COMPLETIONS_MODEL", default="")
+PLAYGROUND_MAX_TOKENS = env.int("PLAYGROUND_MAX_TOKENS", default=2048)
+PLAYGROUND_CONTEXT_WINDOW = env.int("PLAYGROUND_CONTEXT_WINDOW", default=16384)
+PLAYGROUND_MAX_PROMPT_CHARS = env.int("PLAYGROUND_MAX_PROMPT_CHARS", default=100_000)
+
+# Upstream timeouts in seconds: connect, the longest gap between chunks (covers the prefill of a
+# long prompt), waiting for a pooled connection, and a deadline for a whole run.
+UPSTREAM_CONNECT_TIMEOUT = env.float("UPSTREAM_CONNECT_TIMEOUT", default=5.0)
+UPSTREAM_READ_TIMEOUT = env.float("UPSTREAM_READ_TIMEOUT", default=120.0)
+UPSTREAM_POOL_TIMEOUT = env.float("UPSTREAM_POOL_TIMEOUT", default=2.0)
+UPSTREAM_TOTAL_TIMEOUT = env.float("UPSTREAM_TOTAL_TIMEOUT", default=600.0)
+UPSTREAM_MAX_CONNECTIONS = env.int("UPSTREAM_MAX_CONNECTIONS", default=100)
+
+# The built-in model is much faster than a real one; the playground paces it to this many tokens
+# a second so a completion visibly streams in (0 = as fast as it generates).
+OFFLINE_MODEL_TOKENS_PER_SECOND = env.float("OFFLINE_MODEL_TOKENS_PER_SECOND", default=120.0)
+# The built-in offline model's cache (built on first use, or by `make run` ahead of time).
+OFFLINE_MODEL_PATH = BASE_DIR / (
+    env.str("OFFLINE_MODEL_PATH", default="") or "var/offline-model.bin"
+)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}

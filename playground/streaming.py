@@ -1,0 +1,246 @@
+"""One generation, from a backend's deltas to the browser's event stream.
+
+The browser's form posts to `views.generate`, which answers with `relay(...)` as a
+`text/event-stream`. htmx 4's SSE extension swaps each unnamed `data:` message into the page as it
+arrives; the messages are HTML fragments we build (text is always escaped):
+
+1. a reset: out-of-band swaps that clear the previous result, errors and status;
+2. the streamed text, escaped, appended to the live area (`#live`), coalesced so that a fast
+   backend produces a few dozen events a second rather than one per token;
+3. a final message that replaces the live text with the server-rendered completion (Pygments
+   highlighting merged with per-token probability spans, from `rendering.py`), the stats line and,
+   if the run failed, a short message saying what happened while the text so far stays;
+4. a named `done` event whose data is the run summary as JSON, for scripts and tests.
+
+Reading the upstream happens in its own task so that a slow consumer never stalls it and the
+coalescing timer never interrupts a read. If the browser goes away (Stop, a closed tab) Django
+cancels this generator; the `finally` cancels the reader, whose `async with` closes the upstream
+connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.template.loader import render_to_string
+
+from playground import completions, offline
+from playground.backends import Backend
+from playground.completions import (
+    CompletionRequest,
+    Delta,
+    ErrorKind,
+    LogprobStatus,
+    Token,
+    UpstreamError,
+    Usage,
+)
+from playground.forms import GenerateForm
+from playground.rendering import render_completion, render_plain
+
+log = logging.getLogger(__name__)
+
+# Measured trade-off (docs/PERFORMANCE.md): one event per token costs the browser a swap each and
+# this worker a write each; 30 ms batches are below what a reader notices.
+COALESCE_SECONDS = 0.03
+# Proxies close idle connections; a comment line keeps a long prefill alive.
+PING_SECONDS = 15.0
+PAGE = "playground/page.html"
+ERROR_SLOTS = tuple(GenerateForm.base_fields)
+
+
+@dataclass
+class Run:
+    """What has arrived so far in one generation, and when."""
+
+    backend: Backend
+    request: CompletionRequest
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    ended_at: float | None = None
+    text_parts: list[str] = field(default_factory=list)
+    tokens: list[Token] = field(default_factory=list)
+    statuses: set[LogprobStatus] = field(default_factory=set)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    error: UpstreamError | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    @property
+    def logprobs(self) -> LogprobStatus:
+        if LogprobStatus.REAL in self.statuses:
+            return LogprobStatus.REAL
+        if LogprobStatus.PLACEHOLDER in self.statuses:
+            return LogprobStatus.PLACEHOLDER
+        return LogprobStatus.ABSENT
+
+    def add(self, delta: Delta) -> str:
+        if delta.usage is not None:
+            self.usage = delta.usage  # hosted NIM's usage grows chunk by chunk: keep the last
+        if delta.finish_reason:
+            self.finish_reason = delta.finish_reason
+        if not delta.text:
+            return ""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.text_parts.append(delta.text)
+        self.statuses.add(delta.logprobs)
+        if delta.logprobs is LogprobStatus.REAL:
+            self.tokens.extend(delta.tokens)  # the client guarantees they spell delta.text
+        else:
+            # Text that came without probabilities still gets a token, shown untinted, so the
+            # tokens always spell the whole text when other chunks did carry probabilities.
+            self.tokens.append(Token(text=delta.text, logprob=None))
+        return delta.text
+
+    def summary(self, rendered_tokens: int, mean_logprob: float | None) -> dict:
+        end = self.ended_at or time.perf_counter()
+        total = end - self.started
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started
+        usage = self.usage or Usage()
+        completion_tokens = usage.completion_tokens or rendered_tokens or None
+        decode_time = total - (ttft or 0.0)
+        rate = None
+        if completion_tokens and completion_tokens > 1 and decode_time > 0:
+            # Tokens after the first over the time after the first: the decode speed a user
+            # feels, not diluted by the prefill that time-to-first-token already reports.
+            rate = (completion_tokens - 1) / decode_time
+        return {
+            "status": "failed" if self.error else "complete",
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "ttft_ms": None if ttft is None else round(ttft * 1000),
+            "total_ms": round(total * 1000),
+            "tokens_per_second": None if rate is None else round(rate, 1),
+            "finish_reason": self.finish_reason,
+            "mean_logprob": None if mean_logprob is None else round(mean_logprob, 4),
+            "perplexity": None if mean_logprob is None else round(math.exp(-mean_logprob), 3),
+            "logprobs": self.logprobs.value,
+            "error_kind": self.error.kind.value if self.error else None,
+        }
+
+
+def sse_message(data: str, event: str | None = None) -> bytes:
+    """Frame one SSE message. Newlines inside `data` become several `data:` lines, which the
+    browser joins back with newlines; a bare CR would also end a line, so it is escaped."""
+    lines = data.replace("\r", "&#13;").split("\n")
+    head = f"event: {event}\n" if event else ""
+    return (head + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
+
+
+def open_deltas(backend: Backend, request: CompletionRequest) -> AsyncIterator[Delta]:
+    if backend.is_offline:
+        return offline.stream_completion(
+            request, tokens_per_second=settings.OFFLINE_MODEL_TOKENS_PER_SECOND
+        )
+    return completions.stream_completion(completions.get_client(), backend, request)
+
+
+async def relay(backend: Backend, request: CompletionRequest, *, language: str | None = None):
+    """The body of the generate response: bytes of `text/event-stream`."""
+    run = Run(backend=backend, request=request)
+    start = {"backend": backend, "error_slots": ERROR_SLOTS}
+    yield sse_message(render_to_string(f"{PAGE}#run-start", start))
+
+    queue: list[Delta] = []
+    wake = asyncio.Event()
+    finished = asyncio.Event()
+
+    def push(delta: Delta) -> None:
+        queue.append(delta)
+        wake.set()
+
+    async def read() -> None:
+        try:
+            await pump(run, push)
+        finally:
+            finished.set()
+            wake.set()
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            if not queue and not finished.is_set():
+                if run.first_token_at is None:
+                    try:
+                        await asyncio.wait_for(wake.wait(), PING_SECONDS)
+                    except TimeoutError:
+                        yield b": ping\n\n"
+                        continue
+                else:
+                    await wake.wait()
+            wake.clear()
+            batch = queue[:]
+            queue.clear()
+            text = "".join([run.add(delta) for delta in batch])
+            if text:
+                # Wrapped in an element: htmx skips a swap whose fragment is only whitespace,
+                # and a chunk of code is often just a newline and an indent.
+                yield sse_message(f"<span>{render_plain(text)}</span>")
+            if finished.is_set() and not queue:
+                break
+            if text:
+                # Let the next tokens gather, but end the wait as soon as the run finishes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), COALESCE_SECONDS)
+    finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    context = await finish(run, language=language)
+    yield sse_message(render_to_string(f"{PAGE}#run-end", context))
+    yield sse_message(json.dumps(context["summary"]), event="done")
+
+
+async def pump(run: Run, sink: Callable[[Delta], None]) -> None:
+    """Feed the backend's deltas to `sink` until the run ends; a failure is kept on the run."""
+    try:
+        # aclosing: however this ends (cancelled by a disconnect included), the backend's
+        # generator is closed at once, and with it the upstream connection.
+        async with contextlib.aclosing(open_deltas(run.backend, run.request)) as deltas:
+            async for delta in deltas:
+                sink(delta)
+    except UpstreamError as exc:
+        run.error = exc
+    except Exception:
+        log.exception("generation failed on backend %s", run.backend.id)
+        run.error = UpstreamError(
+            ErrorKind.PROTOCOL, "Something went wrong while generating. Try again."
+        )
+
+
+async def finish(run: Run, *, language: str | None = None) -> dict:
+    """Render an ended run: the template context of its result and stats."""
+    run.ended_at = run.ended_at or time.perf_counter()
+    # Highlighting a long completion is ~10-20 ms of CPU: off the event loop, so the other
+    # streams this worker relays keep flowing.
+    rendered = await asyncio.to_thread(
+        render_completion,
+        prompt=run.request.prompt,
+        tokens=run.tokens,
+        text=run.text,
+        logprobs=run.logprobs,
+        language=language,
+        alternatives_shown=run.request.logprobs,
+    )
+    summary = run.summary(rendered.token_count, rendered.mean_logprob)
+    return {"run": run, "rendered": rendered, "summary": summary, "backend": run.backend}
+
+
+async def generate_whole(backend: Backend, request: CompletionRequest) -> dict:
+    """A run without streaming, for a browser without JavaScript: the page comes back whole."""
+    run = Run(backend=backend, request=request)
+    await pump(run, run.add)
+    return await finish(run)
