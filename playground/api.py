@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -32,7 +33,7 @@ from playground.offline import MODEL_ID, complete, load_model, stream_completion
 logger = logging.getLogger(__name__)
 
 MAX_TOKENS_LIMIT = 1024
-MAX_PROMPT_CHARS = 100_000
+MAX_PROMPT_CHARS = settings.PLAYGROUND_MAX_PROMPT_CHARS
 MAX_MODEL_LEN = 4096
 MAX_LOGPROBS = 5
 MAX_STOP_SEQUENCES = 4

@@ -48,13 +48,14 @@ from playground.rendering import render_completion, render_plain
 
 log = logging.getLogger(__name__)
 
-# Measured trade-off (docs/PERFORMANCE.md): one event per token costs the browser a swap each and
-# this worker a write each; 30 ms batches are below what a reader notices.
+# One event per token costs the browser a swap each and this worker a write each; 30 ms batches
+# are below what a reader notices.
 COALESCE_SECONDS = 0.03
 # Proxies close idle connections; a comment line keeps a long prefill alive.
 PING_SECONDS = 15.0
 PAGE = "playground/page.html"
-ERROR_SLOTS = tuple(GenerateForm.base_fields)
+# Every field with a message slot beside it on the page (the checkbox shares the seed's).
+ERROR_SLOTS = tuple(name for name in GenerateForm.base_fields if name != "seed_random")
 
 
 @dataclass
@@ -147,7 +148,7 @@ def open_deltas(backend: Backend, request: CompletionRequest) -> AsyncIterator[D
     return completions.stream_completion(completions.get_client(), backend, request)
 
 
-async def relay(backend: Backend, request: CompletionRequest, *, language: str | None = None):
+async def relay(backend: Backend, request: CompletionRequest):
     """The body of the generate response: bytes of `text/event-stream`."""
     run = Run(backend=backend, request=request)
     start = {"backend": backend, "error_slots": ERROR_SLOTS}
@@ -199,7 +200,7 @@ async def relay(backend: Backend, request: CompletionRequest, *, language: str |
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-    context = await finish(run, language=language)
+    context = await finish(run)
     yield sse_message(render_to_string(f"{PAGE}#run-end", context))
     yield sse_message(json.dumps(context["summary"]), event="done")
 
@@ -221,7 +222,7 @@ async def pump(run: Run, sink: Callable[[Delta], None]) -> None:
         )
 
 
-async def finish(run: Run, *, language: str | None = None) -> dict:
+async def finish(run: Run) -> dict:
     """Render an ended run: the template context of its result and stats."""
     run.ended_at = run.ended_at or time.perf_counter()
     # Highlighting a long completion is ~10-20 ms of CPU: off the event loop, so the other
@@ -232,7 +233,6 @@ async def finish(run: Run, *, language: str | None = None) -> dict:
         tokens=run.tokens,
         text=run.text,
         logprobs=run.logprobs,
-        language=language,
         alternatives_shown=run.request.logprobs,
     )
     summary = run.summary(rendered.token_count, rendered.mean_logprob)

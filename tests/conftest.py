@@ -165,3 +165,21 @@ def page(browser):
     yield page
     context.close()
     assert not foreign, f"requests left the origin: {foreign}"
+
+
+@pytest.fixture
+def upstream():
+    """A loopback fake upstream speaking each dialect and failing on cue (tests/upstream.py)."""
+    from upstream import running_upstream
+
+    with running_upstream() as server:
+        yield server
+
+
+@pytest.fixture
+def completions_backend(settings, upstream):
+    """Point the app's COMPLETIONS_* backend at the loopback upstream."""
+    settings.COMPLETIONS_BASE_URL = upstream.base_url
+    settings.COMPLETIONS_API_KEY = "test-key-0123456789abcdef"
+    settings.COMPLETIONS_MODEL = "bigcode/starcoder2-7b"
+    return upstream

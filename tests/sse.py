@@ -1,0 +1,47 @@
+"""Reading the app's own event stream in tests, as the browser's SSE extension does."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+
+@dataclass
+class Event:
+    event: str
+    data: str
+
+
+def parse_events(raw: bytes) -> list[Event]:
+    events = []
+    for block in raw.decode().replace("\r\n", "\n").split("\n\n"):
+        name, data, seen = "", [], False
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+                seen = True
+        if seen:
+            events.append(Event(name, "\n".join(data)))
+    return events
+
+
+def post_stream(path: str, data: dict, **headers) -> tuple[int, dict, list[Event]]:
+    """POST as htmx does and read the whole streamed answer."""
+    from django.test import AsyncClient
+
+    async def go():
+        client = AsyncClient()
+        response = await client.post(path, data, headers={"HX-Request": "true", **headers})
+        if response.streaming:
+            body = b"".join([chunk async for chunk in response.streaming_content])
+        else:
+            body = response.content
+        return response.status_code, dict(response.headers), parse_events(body)
+
+    return asyncio.run(go())
