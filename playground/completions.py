@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import re
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -68,12 +69,17 @@ class UpstreamError(Exception):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        # Worth another try before any output: 408, 409, 429, 5xx and failed connections.
+        if retryable is None:
+            retryable = status is not None and (status in (408, 409, 429) or status >= 500)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -143,6 +149,9 @@ class CompletionRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int = 5
+    # Insert mode: the text after the insertion point (`prompt` is the text before it). The
+    # client wraps both in the model family's FIM format; None is plain completion.
+    suffix: str | None = None
 
 
 # --- Request -------------------------------------------------------------------------------------
@@ -158,28 +167,50 @@ DETAIL_LIMIT = 200
 def build_payload(backend: Backend, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
     """The JSON body of `POST /v1/completions`: an allow-list built from the validated request.
 
-    This is the only place an upstream body is built. Hosted NIM rejects unknown keys with 400/422
-    (protocol.md §1.2), so nothing beyond these keys is ever sent.
+    This is the only place an upstream body is built, and it sends only what the backend's
+    capabilities (`dialects.py`) say it accepts: hosted NIM rejects unknown keys with 400/422,
+    TGI has no `logprobs`, Ollama accepts `logprobs` but never answers it (protocol.md §0).
+    In Insert mode the model family's FIM prompt is built here; a `suffix` field is never sent
+    (most servers reject it, protocol.md §7).
     """
-    payload: dict[str, Any] = {
-        "model": request.model or backend.model,
-        "prompt": request.prompt,
-        "max_tokens": request.max_tokens,
+    caps = backend.caps
+    model_id = request.model or backend.model
+    prompt, stops = request.prompt, request.stop
+    if request.suffix is not None:
+        model = backend.find_model(model_id)
+        fim_format = model.fim if model is not None else None
+        if fim_format is None:
+            raise UpstreamError(
+                ErrorKind.BAD_REQUEST, "This model has no fill-in-the-middle format configured."
+            )
+        prompt = fim_format.prompt(request.prompt, request.suffix)
+        # The family's stops first: without them the model runs on past the middle.
+        stops = tuple(dict.fromkeys((*fim_format.stops, *stops)))[: caps.stop_limit]
+    optional: dict[str, Any] = {
         "temperature": request.temperature,
         "top_p": request.top_p,
         "frequency_penalty": request.frequency_penalty,
         "presence_penalty": request.presence_penalty,
-        # At least one, so every sampled token carries its own probability even when the user
-        # wants no alternatives; never more than the backend accepts (OpenAI caps at 5, vLLM
-        # answers 400 above --max-logprobs, protocol.md §2, §3.1).
-        "logprobs": max(1, min(request.logprobs, backend.max_alternatives)),
-        "stream": stream,
+        "seed": request.seed,
+        "stop": list(stops) if stops else None,
     }
-    if request.seed is not None:
-        payload["seed"] = request.seed
-    if request.stop:
-        payload["stop"] = list(request.stop)
-    if stream:
+    payload: dict[str, Any] = {
+        "model": model_id,
+        "prompt": prompt,
+        "max_tokens": request.max_tokens,
+        **{k: v for k, v in optional.items() if k in caps.params and v is not None},
+    }
+    # At least one, so every sampled token carries its own probability even when the user
+    # wants no alternatives; never more than the backend accepts (OpenAI caps at 5, vLLM
+    # answers 400 above --max-logprobs, protocol.md §2, §3.1).
+    wanted = max(1, min(request.logprobs, caps.max_alternatives))
+    if caps.logprobs == "int":
+        payload["logprobs"] = wanted
+    elif caps.logprobs == "bool":
+        payload["logprobs"] = True
+        payload["top_logprobs"] = wanted
+    payload["stream"] = stream
+    if stream and caps.stream_usage:
         # Without it OpenAI, vLLM, llama.cpp and Ollama send no token counts in a stream.
         payload["stream_options"] = {"include_usage": True}
     return payload
@@ -764,7 +795,9 @@ def _error_from_exception(exc: Exception, client: httpx.AsyncClient) -> Upstream
         )
     if isinstance(exc, httpx.ConnectTimeout):
         return UpstreamError(
-            ErrorKind.TIMEOUT, "The backend did not accept a connection in time. Try again."
+            ErrorKind.TIMEOUT,
+            "The backend did not accept a connection in time. Try again.",
+            retryable=True,
         )
     if isinstance(exc, httpx.ReadTimeout):
         gap = client.timeout.read
@@ -777,12 +810,15 @@ def _error_from_exception(exc: Exception, client: httpx.AsyncClient) -> Upstream
         return UpstreamError(ErrorKind.TIMEOUT, "The backend timed out. Try again in a moment.")
     if isinstance(exc, httpx.ConnectError):
         return UpstreamError(
-            ErrorKind.UNAVAILABLE, "Could not reach the backend at its configured address."
+            ErrorKind.UNAVAILABLE,
+            "Could not reach the backend at its configured address.",
+            retryable=True,
         )
     if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
         return UpstreamError(
             ErrorKind.UNAVAILABLE,
             "The connection to the backend dropped before the completion finished. Try again.",
+            retryable=True,
         )
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return UpstreamError(
@@ -894,6 +930,27 @@ def _upstream_errors(client: httpx.AsyncClient, backend: Backend) -> Iterator[No
         raise error from None
 
 
+def _retry_delay(error: UpstreamError, attempt: int, deadline: float) -> float | None:
+    """How long to wait before another attempt, or None to give up now.
+
+    Jittered exponential backoff (half fixed, half random, so many clients failing together do
+    not retry together), at least what `Retry-After` asks; a Retry-After beyond
+    UPSTREAM_RETRY_MAX_WAIT, or a wait that would cross the run's deadline, ends the retries and
+    the user sees "try again in N s" instead.
+    """
+    if not error.retryable or attempt >= settings.UPSTREAM_RETRIES:
+        return None
+    backoff = float(settings.UPSTREAM_RETRY_BACKOFF) * 2**attempt
+    delay = backoff / 2 + random.uniform(0, backoff / 2)  # noqa: S311 (jitter, not crypto)
+    if error.retry_after is not None:
+        if error.retry_after > settings.UPSTREAM_RETRY_MAX_WAIT:
+            return None
+        delay = max(delay, error.retry_after)
+    if asyncio.get_running_loop().time() + delay >= deadline:
+        return None
+    return delay
+
+
 async def stream_completion(
     client: httpx.AsyncClient, backend: Backend, request: CompletionRequest
 ) -> AsyncIterator[Delta]:
@@ -904,8 +961,40 @@ async def stream_completion(
     and so is the upstream connection. Consume it with `contextlib.aclosing` so that happens
     promptly. Raises `UpstreamError` only, possibly after some deltas; the run as a whole is
     bounded by `settings.UPSTREAM_TOTAL_TIMEOUT`.
+
+    A failed attempt is retried (`_retry_delay`) only while nothing has been yielded: once any
+    delta reached the consumer a failure is reported, never silently retried, so text is never
+    shown twice or spliced from two samples.
     """
     deadline, limit = _deadline()
+    attempt = 0
+    while True:
+        delivered = False
+        try:
+            async with contextlib.aclosing(
+                _stream_once(client, backend, request, deadline, limit)
+            ) as deltas:
+                async for delta in deltas:
+                    delivered = True
+                    yield delta
+            return
+        except UpstreamError as error:
+            delay = None if delivered else _retry_delay(error, attempt, deadline)
+            if delay is None:
+                raise
+            attempt += 1
+            logger.info("Retrying %s in %.2f s (attempt %d)", backend.id, delay, attempt + 1)
+            await asyncio.sleep(delay)
+
+
+async def _stream_once(
+    client: httpx.AsyncClient,
+    backend: Backend,
+    request: CompletionRequest,
+    deadline: float,
+    limit: float,
+) -> AsyncIterator[Delta]:
+    """One attempt of `stream_completion`."""
     with _upstream_errors(client, backend):
         async with contextlib.AsyncExitStack() as stack:
             async with _within(deadline, limit):
@@ -971,8 +1060,27 @@ def _parse_chunk(data: str, backend: Backend, request: CompletionRequest) -> Map
 async def create_completion(
     client: httpx.AsyncClient, backend: Backend, request: CompletionRequest
 ) -> Completion:
-    """One non-streamed completion. Raises `UpstreamError` only."""
+    """One non-streamed completion, retried like a stream. Raises `UpstreamError` only."""
     deadline, limit = _deadline()
+    attempt = 0
+    while True:
+        try:
+            return await _create_once(client, backend, request, deadline, limit)
+        except UpstreamError as error:
+            delay = _retry_delay(error, attempt, deadline)
+            if delay is None:
+                raise
+            attempt += 1
+            await asyncio.sleep(delay)
+
+
+async def _create_once(
+    client: httpx.AsyncClient,
+    backend: Backend,
+    request: CompletionRequest,
+    deadline: float,
+    limit: float,
+) -> Completion:
     with _upstream_errors(client, backend):
         async with (
             _within(deadline, limit),
@@ -981,6 +1089,77 @@ async def create_completion(
             await _check_status(response, backend, request)
             body = await _read(response, COMPLETION_BODY_LIMIT, strict=True)
         return _completion(body, backend, request)
+
+
+# --- Models and tokens --------------------------------------------------------------------------
+
+# Small requests that a page or a command waits on: a short deadline of their own.
+SIDE_CALL_TIMEOUT = 5.0
+
+
+async def _side_call(
+    client: httpx.AsyncClient, backend: Backend, method: str, url: str, body: Any = None
+) -> Any:
+    with _upstream_errors(client, backend):
+        async with asyncio.timeout(SIDE_CALL_TIMEOUT):
+            response = await client.request(
+                method,
+                url,
+                json=body,
+                headers={"Accept": "application/json", **auth_headers(backend)},
+            )
+        if not response.is_success:
+            raise error_from_response(
+                response.status_code,
+                response.content[:ERROR_BODY_LIMIT],
+                response.headers,
+                secret=backend.api_key,
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise UpstreamError(ErrorKind.PROTOCOL, "The backend's answer was not JSON.") from None
+
+
+async def list_models(client: httpx.AsyncClient, backend: Backend) -> list[str]:
+    """The model ids `GET /v1/models` lists (OpenAI shape `{"data": [{"id": ...}]}`)."""
+    payload = await _side_call(client, backend, "GET", f"{backend.base_url}/models")
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise UpstreamError(ErrorKind.PROTOCOL, "The backend's model list was not understood.")
+    return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+
+async def count_tokens(
+    client: httpx.AsyncClient, backend: Backend, model: str, text: str
+) -> int | None:
+    """The prompt's token count from the backend's own tokenizer, or None if it has none.
+
+    vLLM / self-hosted NIM `POST /tokenize {model, prompt}` → `{count, tokens}`; llama.cpp
+    `POST /tokenize {content}` → `{tokens}`; TGI `POST /tokenize {inputs}` → a list
+    (protocol.md §8). All three live at the server root, not under /v1.
+    """
+    style = backend.caps.tokenize
+    url = f"{backend.api_root}/tokenize"
+    if style == "vllm":
+        payload = await _side_call(client, backend, "POST", url, {"model": model, "prompt": text})
+        if isinstance(payload, dict):
+            count = _count(payload.get("count"))
+            if count is None and isinstance(payload.get("tokens"), list):
+                count = len(payload["tokens"])
+            return count
+    elif style == "llamacpp":
+        body = {"content": text, "add_special": False, "parse_special": True}
+        payload = await _side_call(client, backend, "POST", url, body)
+        if isinstance(payload, dict) and isinstance(payload.get("tokens"), list):
+            return len(payload["tokens"])
+    elif style == "tgi":
+        payload = await _side_call(client, backend, "POST", url, {"inputs": text})
+        if isinstance(payload, list):
+            return len(payload)
+    else:
+        return None
+    raise UpstreamError(ErrorKind.PROTOCOL, "The backend's tokenize answer was not understood.")
 
 
 # --- Clients -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 
-from playground.backends import Backend, configured_backends, default_backend, get_backend
+from playground.backends import Backend, Model, default_backend, resolve
 from playground.completions import CompletionRequest
 
 MAX_STOP_SEQUENCES = 4
@@ -73,8 +73,23 @@ class StopSequencesField(forms.Field):
         return tuple(dict.fromkeys(stops))  # drop duplicates, keep order
 
 
+UNKNOWN_BACKEND = "unknown_backend"
+
+
 class GenerateForm(forms.Form):
-    backend = forms.ChoiceField(label="Model")
+    # A picker value, `backend` or `backend:model`; never a URL (see `clean_backend`).
+    backend = forms.CharField(label="Model", max_length=300)
+    mode = forms.ChoiceField(
+        label="Mode",
+        choices=[("complete", "Complete"), ("insert", "Insert")],
+        required=False,
+    )
+    suffix = forms.CharField(
+        label="After",
+        strip=False,
+        required=False,
+        max_length=settings.PLAYGROUND_MAX_PROMPT_CHARS,
+    )
     prompt = forms.CharField(
         label="Prompt",
         strip=False,  # leading and trailing whitespace is meaningful to a code model
@@ -91,14 +106,40 @@ class GenerateForm(forms.Form):
     logprobs = forms.IntegerField(label="Alternatives shown per token", min_value=0, max_value=5)
     stop = StopSequencesField(label="Stop sequences", required=False)
 
-    def __init__(self, data=None, **kwargs):
-        super().__init__(data, **kwargs)
-        self.fields["backend"].choices = [(b.id, b.label) for b in configured_backends()]
+    @property
+    def selected(self) -> tuple[Backend, Model]:
+        chosen = self.cleaned_data.get("backend") if hasattr(self, "cleaned_data") else None
+        if chosen is None:
+            chosen = self.data.get("backend") if self.is_bound else self.initial.get("backend")
+        found = resolve(chosen or "")
+        if found is None:
+            backend = default_backend()
+            return backend, backend.default_model
+        return found
 
     @property
     def selected_backend(self) -> Backend:
-        chosen = self.cleaned_data.get("backend") if hasattr(self, "cleaned_data") else None
-        return get_backend(chosen or "") or default_backend()
+        return self.selected[0]
+
+    @property
+    def selected_model(self) -> Model:
+        return self.selected[1]
+
+    @property
+    def is_unknown_backend(self) -> bool:
+        """The request named a backend or model nobody configured (a URL, say): a 400."""
+        return self.has_error("backend", UNKNOWN_BACKEND)
+
+    def clean_backend(self) -> str:
+        value = self.cleaned_data["backend"]
+        if resolve(value) is None:
+            raise forms.ValidationError(
+                "Unknown backend or model: choose one from the list.", code=UNKNOWN_BACKEND
+            )
+        return value
+
+    def clean_mode(self) -> str:
+        return self.cleaned_data.get("mode") or "complete"
 
     def clean_prompt(self) -> str:
         prompt = self.cleaned_data["prompt"]
@@ -108,15 +149,16 @@ class GenerateForm(forms.Form):
 
     def clean(self):
         cleaned = super().clean()
-        backend = get_backend(cleaned.get("backend") or "")
-        if backend is None:
+        found = resolve(cleaned.get("backend") or "")
+        if found is None:
             return cleaned
+        backend, model = found
         max_tokens = cleaned.get("max_tokens")
-        if max_tokens is not None and max_tokens > backend.max_tokens_limit:
-            self.add_error(
-                "max_tokens",
-                f"{backend.label} allows at most {backend.max_tokens_limit} tokens.",
-            )
+        # Never more than the context window could hold after a one-token prompt; the prompt's
+        # real count is shown while typing (views.token_count) and checked by the backend.
+        limit = min(model.max_tokens, model.context_window - 1)
+        if max_tokens is not None and max_tokens > limit:
+            self.add_error("max_tokens", f"{model.id} allows at most {limit} tokens.")
         if (
             not cleaned.get("seed_random")
             and cleaned.get("seed") is None
@@ -124,8 +166,17 @@ class GenerateForm(forms.Form):
         ):
             self.add_error("seed", "Enter a seed, or tick “Random seed”.")
         limit = min(MAX_STOP_SEQUENCES, backend.stop_limit)
+        if cleaned.get("mode") == "insert":
+            if model.fim is None:
+                self.add_error(
+                    "mode",
+                    f"{model.id} has no fill-in-the-middle format configured (README: FIM).",
+                )
+            else:
+                # The family's own stops are always sent; the user's share what is left.
+                limit = max(0, min(limit, backend.stop_limit - len(model.fim.stops)))
         if len(cleaned.get("stop") or ()) > limit:
-            self.add_error("stop", f"{backend.label} takes at most {limit} stop sequences.")
+            self.add_error("stop", f"{backend.label} takes at most {limit} stop sequences here.")
         logprobs = cleaned.get("logprobs")
         if logprobs is not None:
             cleaned["logprobs"] = min(logprobs, backend.max_alternatives)
@@ -133,9 +184,9 @@ class GenerateForm(forms.Form):
 
     def to_request(self) -> CompletionRequest:
         data = self.cleaned_data
-        backend = self.selected_backend
+        insert = data.get("mode") == "insert"
         return CompletionRequest(
-            model=backend.model,
+            model=self.selected_model.id,
             prompt=data["prompt"],
             max_tokens=data["max_tokens"],
             temperature=data["temperature"],
@@ -145,4 +196,5 @@ class GenerateForm(forms.Form):
             seed=None if data.get("seed_random") else data["seed"],
             stop=data["stop"],
             logprobs=data["logprobs"],
+            suffix=(data.get("suffix") or "") if insert else None,
         )

@@ -121,6 +121,11 @@ NVIDIA_MODEL = env.str("NVIDIA_MODEL", default="bigcode/starcoder2-7b")
 COMPLETIONS_BASE_URL = env.str("COMPLETIONS_BASE_URL", default="")
 COMPLETIONS_API_KEY = env.str("COMPLETIONS_API_KEY", default="")
 COMPLETIONS_MODEL = env.str("COMPLETIONS_MODEL", default="")
+# The server's dialect (playground/dialects.py): openai-compatible (vLLM, self-hosted NIM), openai,
+# llamacpp, ollama, tgi or nim-hosted.
+COMPLETIONS_DIALECT = env.str("COMPLETIONS_DIALECT", default="") or "openai-compatible"
+# A TOML file listing more backends (README: "Several backends").
+PLAYGROUND_BACKENDS = env.str("PLAYGROUND_BACKENDS", default="")
 PLAYGROUND_MAX_TOKENS = env.int("PLAYGROUND_MAX_TOKENS", default=2048)
 PLAYGROUND_CONTEXT_WINDOW = env.int("PLAYGROUND_CONTEXT_WINDOW", default=16384)
 PLAYGROUND_MAX_PROMPT_CHARS = env.int("PLAYGROUND_MAX_PROMPT_CHARS", default=100_000)
@@ -132,6 +137,11 @@ UPSTREAM_READ_TIMEOUT = env.float("UPSTREAM_READ_TIMEOUT", default=120.0)
 UPSTREAM_POOL_TIMEOUT = env.float("UPSTREAM_POOL_TIMEOUT", default=2.0)
 UPSTREAM_TOTAL_TIMEOUT = env.float("UPSTREAM_TOTAL_TIMEOUT", default=600.0)
 UPSTREAM_MAX_CONNECTIONS = env.int("UPSTREAM_MAX_CONNECTIONS", default=100)
+# Retries before the first token only (connection errors, 408, 409, 429, 5xx): how many, the
+# first backoff (doubling, jittered), and the longest Retry-After honoured (longer: give up).
+UPSTREAM_RETRIES = env.int("UPSTREAM_RETRIES", default=2)
+UPSTREAM_RETRY_BACKOFF = env.float("UPSTREAM_RETRY_BACKOFF", default=0.5)
+UPSTREAM_RETRY_MAX_WAIT = env.float("UPSTREAM_RETRY_MAX_WAIT", default=10.0)
 
 # The built-in model is much faster than a real one; the playground paces it to this many tokens
 # a second so a completion visibly streams in (0 = as fast as it generates).

@@ -6,13 +6,17 @@ the stream to `streaming.relay`. Nothing here knows upstream URLs or JSON shapes
 
 from __future__ import annotations
 
+import asyncio
+
+from django.conf import settings
+from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from playground import streaming
-from playground.backends import configured_backends, default_backend
+from playground import completions, offline, probes, streaming
+from playground.backends import Backend, configured_backends, default_backend, resolve
 from playground.forms import DEFAULTS, MAX_STOP_SEQUENCES, GenerateForm, encode_stop
 
 PAGE = "playground/page.html"
@@ -39,20 +43,51 @@ def page_context(form: GenerateForm) -> dict:
     return {
         "form": form,
         "backends": backends,
+        "picker": model_picker(backends, form),
+        "insert_mode": form["mode"].value() == "insert",
         "stop_slots": (stops + [""] * MAX_STOP_SEQUENCES)[:MAX_STOP_SEQUENCES],
     }
+
+
+def model_picker(backends: tuple[Backend, ...], form: GenerateForm) -> list[dict]:
+    """The Model select's groups: one per backend, one option per model.
+
+    A backend's default model is chosen by the bare backend id, others by `backend:model`.
+    """
+    chosen_backend, chosen_model = form.selected
+    groups = []
+    for backend in backends:
+        options = []
+        for model in backend.models:
+            options.append(
+                {
+                    "value": backend.id
+                    if model.id == backend.model
+                    else f"{backend.id}:{model.id}",
+                    "label": model.id,
+                    "selected": backend.id == chosen_backend.id and model.id == chosen_model.id,
+                    "max_tokens": min(model.max_tokens, model.context_window - 1),
+                    "default_max_tokens": model.default_max_tokens,
+                    "fim": model.fim is not None,
+                    "offline": backend.is_offline,
+                }
+            )
+        groups.append({"label": backend.label, "options": options})
+    return groups
 
 
 @require_POST
 async def generate(request: HttpRequest) -> HttpResponse:
     form = GenerateForm(request.POST)
     if not form.is_valid():
+        # An unknown backend or model id (a URL, a stale page) is a bad request, not a field to
+        # fix: 400, and nothing is sent anywhere. Other invalid input is a 422 with messages.
+        status = 400 if form.is_unknown_backend else 422
         if request.headers.get("HX-Request") != "true":
-            return render(request, PAGE, page_context(form), status=422)
+            return render(request, PAGE, page_context(form), status=status)
         # 422 with out-of-band swaps only: htmx 4 swaps error responses, and since the main
         # content is empty the live output is left alone; each message lands beside its field.
-        response = render(request, f"{PAGE}#form-errors", {"form": form}, status=422)
-        return response
+        return render(request, f"{PAGE}#form-errors", {"form": form}, status=status)
     backend = form.selected_backend
     if request.headers.get("HX-Request") != "true":
         # Without JavaScript the form posts normally: run to the end and answer with the page.
@@ -66,3 +101,55 @@ async def generate(request: HttpRequest) -> HttpResponse:
     # Reverse proxies (nginx and friends) must pass each event through as it is written.
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+@require_POST
+async def token_count(request: HttpRequest) -> HttpResponse:
+    """The prompt's token count for the picker's model, shown while typing (debounced).
+
+    Only a real count: the backend's tokenize endpoint or the offline model's tokenizer.
+    Without one the fragment says the count comes from `usage` after a run; nothing is guessed.
+    """
+    found = resolve(request.POST.get("backend", ""))
+    if found is None:
+        return HttpResponse("Unknown backend.", status=400)
+    backend, model = found
+    prompt = request.POST.get("prompt", "")[: settings.PLAYGROUND_MAX_PROMPT_CHARS]
+    if request.POST.get("mode") == "insert" and model.fim is not None:
+        prompt = model.fim.prompt(prompt, request.POST.get("suffix", ""))
+    count: int | None = None
+    failed = False
+    if backend.is_offline:
+        model_obj = await asyncio.to_thread(offline.load_model)
+        count = await asyncio.to_thread(model_obj.count_tokens, prompt)
+    elif backend.caps.tokenize:
+        try:
+            count = await completions.count_tokens(
+                completions.get_client(), backend, model.id, prompt
+            )
+        except completions.UpstreamError:
+            failed = True
+    context = {
+        "count": count,
+        "failed": failed,
+        "model": model,
+        "left": None if count is None else max(0, model.context_window - count),
+    }
+    return render(request, f"{PAGE}#token-count", context)
+
+
+STATUS_CACHE_SECONDS = 120
+
+
+@require_GET
+async def backend_status(request: HttpRequest) -> HttpResponse:
+    """The status badges: `probes.probe` per backend, cached briefly so a page is cheap."""
+    reports = []
+    for backend in configured_backends():
+        key = f"playground:probe:{backend.id}:{backend.model}"
+        report = await cache.aget(key)
+        if report is None:
+            report = await probes.probe(completions.get_client(), backend)
+            await cache.aset(key, report, STATUS_CACHE_SECONDS)
+        reports.append(report)
+    return render(request, f"{PAGE}#backend-status", {"reports": reports})

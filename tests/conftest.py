@@ -28,6 +28,8 @@ BACKEND_VARIABLES = (
     "COMPLETIONS_BASE_URL",
     "COMPLETIONS_API_KEY",
     "COMPLETIONS_MODEL",
+    "COMPLETIONS_DIALECT",
+    "PLAYGROUND_BACKENDS",
     "DATABASE_URL",
     "CACHE_URL",
     "DJANGO_ENV",
@@ -165,6 +167,12 @@ def page(browser):
     yield page
     context.close()
     assert not foreign, f"requests left the origin: {foreign}"
+
+
+@pytest.fixture(autouse=True)
+def _no_retries(settings):
+    """Tests see each upstream failure as it is; tests/test_retries.py turns retries on."""
+    settings.UPSTREAM_RETRIES = 0
 
 
 @pytest.fixture

@@ -59,6 +59,10 @@ def backend_for(base_url: str = "http://127.0.0.1:9/v1", **overrides) -> Backend
         "base_url": base_url,
         "api_key": KEY,
     }
+    if "max_alternatives" in overrides:
+        from playground.dialects import Capabilities
+
+        overrides["caps"] = Capabilities(max_alternatives=overrides.pop("max_alternatives"))
     return Backend(**{**fields, **overrides})
 
 

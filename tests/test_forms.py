@@ -114,7 +114,7 @@ def test_unknown_fields_never_reach_the_request():
     assert not hasattr(request, "api_key")
     assert set(request.__dataclass_fields__) == {
         "model", "prompt", "max_tokens", "temperature", "top_p", "frequency_penalty",
-        "presence_penalty", "seed", "stop", "logprobs",
+        "presence_penalty", "seed", "stop", "logprobs", "suffix",
     }  # fmt: skip
 
 

@@ -270,9 +270,20 @@ def test_the_key_never_reaches_the_browser(completions_backend):
     assert "127.0.0.1:" not in page  # nor the upstream's address
 
 
-def test_a_url_as_backend_is_refused_and_nothing_is_sent(completions_backend):
-    status, _, _ = run(upstream_form(backend=completions_backend.base_url))
-    assert status == 422
+@pytest.mark.parametrize(
+    "choice", ["{url}", "elsewhere", "completions:some/other-model", "offline:{url}"]
+)
+def test_a_url_or_unknown_id_as_backend_is_refused_with_400_and_nothing_is_sent(
+    completions_backend, choice
+):
+    choice = choice.format(url=completions_backend.base_url)
+    response = Client().post(
+        "/generate", upstream_form(backend=choice), headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 400
+    fragment = Fragment(response.content.decode())
+    assert "Unknown backend or model" in fragment.text_by_id["err-backend"]
+    assert "Nothing was sent" in fragment.text_by_id["status"]
     assert completions_backend.requests == []
 
 

@@ -180,6 +180,8 @@ class Upstream:
             return await self._play(
                 request, reader, writer, [_json_response(200, {"object": "list", "data": data})]
             )
+        if request.method == "POST" and request.path == "/tokenize":
+            return await self._play(request, reader, writer, [_tokenize_response(request.json)])
         if request.method != "POST" or request.path != "/v1/completions":
             body = {"error": {"message": "Not found", "type": "not_found_error", "code": 404}}
             return await self._play(request, reader, writer, [_json_response(404, body)])
@@ -627,6 +629,21 @@ def _actions(script: Script, request: Mapping[str, Any]) -> list[tuple[str, Any]
             actions.append(("write", _http_chunk(frame)))
     actions.append(("write", b"0\r\n\r\n"))
     return actions
+
+
+def _tokenize_response(body: Any) -> tuple[str, bytes]:
+    """`POST /tokenize` in the shape of whoever asked (protocol.md §3, §4.3, §6): one token per
+    whitespace-separated word, so tests can predict the count."""
+    body = body if isinstance(body, dict) else {}
+    if "content" in body:  # llama.cpp
+        return _json_response(200, {"tokens": list(range(len(body["content"].split())))})
+    if "inputs" in body:  # TGI
+        words = body["inputs"].split()
+        return _json_response(200, [{"id": i, "text": w} for i, w in enumerate(words)])
+    words = str(body.get("prompt", "")).split()  # vLLM / self-hosted NIM
+    return _json_response(
+        200, {"count": len(words), "max_model_len": 16384, "tokens": list(range(len(words)))}
+    )
 
 
 def _error_action(script: Script) -> tuple[str, Any]:

@@ -175,7 +175,7 @@
       hideTooltip();
     }
     const area = event.target;
-    if (!(area instanceof HTMLTextAreaElement) || area.id !== "id_prompt") return;
+    if (!(area instanceof HTMLTextAreaElement) || !["id_prompt", "id_suffix"].includes(area.id)) return;
     if (event.key === "Escape") {
       releaseTab = true; // the next Tab leaves the editor, as in most code editors
       return;
@@ -214,12 +214,27 @@
     for (const input of document.querySelectorAll("#id_max_tokens, input[data-sync='id_max_tokens']")) {
       input.max = max;
     }
+    // Insert mode needs the model family's FIM format (configuration); without one it is off.
+    const insert = document.querySelector("input[name='mode'][value='insert']");
+    if (insert) {
+      insert.disabled = option.dataset.fim !== "true";
+      if (insert.disabled && insert.checked) {
+        document.querySelector("input[name='mode'][value='complete']").checked = true;
+        applyMode();
+      }
+    }
     const note = $("#backend-note");
     if (note) {
       note.textContent = option.dataset.offline === "true"
         ? "A small n-gram model trained on the Python standard library: a built-in demo, not a real code LLM."
         : "";
     }
+  }
+
+  function applyMode() {
+    const insert = document.querySelector("input[name='mode'][value='insert']");
+    const pane = $("#after-pane");
+    if (pane && insert) pane.hidden = !insert.checked;
   }
 
   function applySeed(box) {
@@ -230,6 +245,10 @@
   document.addEventListener("change", (event) => {
     if (event.target.id === "id_backend") applyBackend(event.target);
     if (event.target.id === "id_seed_random") applySeed(event.target);
+    if (event.target.name === "mode") {
+      applyMode();
+      if (event.target.value === "insert" && event.target.checked) $("#id_suffix")?.focus();
+    }
   });
 
   // ---------------------------------------------------------------- running state
@@ -280,5 +299,6 @@
     if (select) applyBackend(select);
     const box = $("#id_seed_random");
     if (box) applySeed(box);
+    applyMode();
   });
 })();
