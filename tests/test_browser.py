@@ -183,3 +183,34 @@ def test_a_validation_error_appears_beside_its_field_and_nothing_is_lost(page, a
     expect(page.locator("#err-temperature")).to_contain_text("less than or equal to 2")
     expect(page.locator("#status")).to_contain_text("fix the highlighted fields")
     expect(page.get_by_label("Prompt")).to_have_value("x = 1\n")
+
+
+def test_insert_mode_fills_the_middle_in_place_with_tooltips_on_it_only(page, app):
+    open_playground(page, app)
+    page.get_by_label("Insert").check()
+    after = page.get_by_label("After")
+    expect(after).to_be_visible()
+    expect(after).to_be_focused()
+    page.get_by_label("Prompt").fill("def area(width, height):\n    ")
+    after.fill("\n    return result\n")
+    page.keyboard.press("Control+Enter")
+    wait_for_end(page)
+    run = page.locator("#result [data-run]")
+    before = run.locator('[data-part="before"]')
+    middle = run.locator('[data-part="middle"]')
+    expect(before).to_have_text("def area(width, height):\n    ")
+    expect(run.locator('[data-part="after"]')).to_have_text("\n    return result\n")
+    tokens = middle.locator(".t")
+    assert tokens.count() > 0
+    assert run.locator(".t").count() == tokens.count()  # only the inserted tokens
+    page.mouse.move(0, 0)
+    tokens.first.focus()
+    expect(page.get_by_role("tooltip")).to_contain_text("%")
+
+
+def test_the_prompt_token_count_updates_while_typing(page, app):
+    open_playground(page, app)
+    count = page.locator("#token-count")
+    expect(count).to_contain_text("tokens")
+    page.get_by_label("Prompt").fill("x")
+    expect(count).to_contain_text(re.compile(r"Prompt: [12] tokens"))
