@@ -2,7 +2,7 @@
 
 Django's ASGI handler rejects `lifespan` scopes, so this wrapper answers them itself: at startup
 it creates the worker's one shared `httpx.AsyncClient` (a connection pool per process and event
-loop), and at shutdown it closes it. `http` scopes go straight to Django. Without a lifespan
+loop) and asks backends configured with `discover` for their models; at shutdown it closes it. `http` scopes go straight to Django. Without a lifespan
 (tests, management commands) `completions.get_client()` falls back to a lazy per-loop client.
 """
 
@@ -25,7 +25,12 @@ async def application(scope, receive, send):
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
-                completions.set_client(completions.make_client())
+                client = completions.make_client()
+                completions.set_client(client)
+                # Backends configured with `discover = true` list their models once at startup.
+                from playground import backends
+
+                await backends.discover_models(client)
             except Exception as exc:  # report to the server, which then refuses to start
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
                 return
