@@ -48,6 +48,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "playground.security.security_headers",
 ]
 
 ROOT_URLCONF = "playground.urls"
@@ -100,6 +101,12 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # Without collectstatic (make run, tests) ServeStatic serves the finders' files directly.
 SERVESTATIC_USE_FINDERS = True
 SERVESTATIC_AUTOREFRESH = DEBUG
+
+# The largest request body, in bytes, checked by the ASGI wrapper in security.py before Django
+# reads it (a prompt of PLAYGROUND_MAX_PROMPT_CHARS, percent-encoded, fits with room to spare).
+PLAYGROUND_MAX_BODY_BYTES = env.int("PLAYGROUND_MAX_BODY_BYTES", default=2_000_000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = PLAYGROUND_MAX_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = PLAYGROUND_MAX_BODY_BYTES
 
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True

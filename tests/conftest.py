@@ -91,7 +91,8 @@ def run_app(tmp_dir: Path, **env_overrides: str) -> Iterator[AppServer]:
         # Reading uvicorn's output tells us when it is ready, and keeps its pipe from filling.
         for line in process.stdout:
             log.append(line)
-            if "Application startup complete" in line:
+            # Uvicorn completes the lifespan startup before it binds: wait for the socket.
+            if "Uvicorn running on" in line:
                 ready.set()
         ready.set()
 
