@@ -140,6 +140,25 @@ UPSTREAM_POOL_TIMEOUT = env.float("UPSTREAM_POOL_TIMEOUT", default=2.0)
 UPSTREAM_TOTAL_TIMEOUT = env.float("UPSTREAM_TOTAL_TIMEOUT", default=600.0)
 UPSTREAM_MAX_CONNECTIONS = env.int("UPSTREAM_MAX_CONNECTIONS", default=100)
 
+# Abuse limits (limits.py): generations per user (or per IP, IPv6 per /64) in a window of
+# seconds (0 = no limit), concurrent generations per user, and per worker process. The
+# per-process cap stays below the connection pool so a burst is told "busy" at once instead of
+# waiting on the pool. Counted in the default cache: set CACHE_URL=redis://… for several workers.
+PLAYGROUND_RATE_LIMIT = env.int("PLAYGROUND_RATE_LIMIT", default=30)
+PLAYGROUND_RATE_LIMIT_WINDOW = env.int("PLAYGROUND_RATE_LIMIT_WINDOW", default=60)
+PLAYGROUND_MAX_CONCURRENT_PER_USER = env.int("PLAYGROUND_MAX_CONCURRENT_PER_USER", default=2)
+PLAYGROUND_MAX_CONCURRENT = env.int(
+    "PLAYGROUND_MAX_CONCURRENT",
+    default=max(1, UPSTREAM_MAX_CONNECTIONS - max(1, UPSTREAM_MAX_CONNECTIONS // 10)),
+)
+if PLAYGROUND_MAX_CONCURRENT >= UPSTREAM_MAX_CONNECTIONS:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("PLAYGROUND_MAX_CONCURRENT must be below UPSTREAM_MAX_CONNECTIONS.")
+# Behind a reverse proxy that appends the client address to X-Forwarded-For (and only then):
+# limits count per the last address in it instead of the proxy's.
+PLAYGROUND_TRUST_X_FORWARDED_FOR = env.bool("PLAYGROUND_TRUST_X_FORWARDED_FOR", default=False)
+
 # The built-in model is much faster than a real one; the playground paces it to this many tokens
 # a second so a completion visibly streams in (0 = as fast as it generates).
 OFFLINE_MODEL_TOKENS_PER_SECOND = env.float("OFFLINE_MODEL_TOKENS_PER_SECOND", default=120.0)

@@ -56,6 +56,8 @@ def run_app(tmp_dir: Path, **env_overrides: str) -> Iterator[AppServer]:
         DJANGO_SETTINGS_MODULE="playground.settings",
         DATABASE_URL=f"sqlite:///{tmp_dir / 'db.sqlite3'}",
         PYTHONUNBUFFERED="1",
+        # Tests run many generations from one address; tests of the limits set their own.
+        PLAYGROUND_RATE_LIMIT="0",
     )
     env.update(env_overrides)
     subprocess.run(
@@ -107,6 +109,15 @@ def run_app(tmp_dir: Path, **env_overrides: str) -> Iterator[AppServer]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(autouse=True)
+def _no_rate_limit(settings):
+    """In-process tests generate many times from one address: the limits' own tests set them."""
+    from django.core.cache import cache
+
+    settings.PLAYGROUND_RATE_LIMIT = 0
+    cache.clear()
 
 
 @pytest.fixture(scope="module")
