@@ -167,10 +167,18 @@ OFFLINE_MODEL_PATH = BASE_DIR / (
     env.str("OFFLINE_MODEL_PATH", default="") or "var/offline-model.bin"
 )
 
+# Every record passes redaction.RedactSecrets, which masks keys and Authorization headers.
+# httpx and httpcore print request details at DEBUG: they have their own level, WARNING unless
+# HTTP_CLIENT_LOG_LEVEL asks for more.
+HTTP_CLIENT_LOG_LEVEL = env.str("HTTP_CLIENT_LOG_LEVEL", default="WARNING")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"redact": {"()": "playground.redaction.RedactSecrets"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": HTTP_CLIENT_LOG_LEVEL},
+        "httpcore": {"level": HTTP_CLIENT_LOG_LEVEL},
+    },
 }
