@@ -12,7 +12,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "playground.settings")
 
 from django.core.asgi import get_asgi_application  # noqa: E402  (settings module must be set first)
 
-django_application = get_asgi_application()
+from playground import redaction  # noqa: E402
+from playground.security import cap_request_body  # noqa: E402
+
+# uvicorn's loggers print through their own handlers: they get the key-masking filter too.
+redaction.install()
+
+# Bodies are capped before Django spools them (see security.py).
+django_application = cap_request_body(get_asgi_application())
 
 
 async def application(scope, receive, send):

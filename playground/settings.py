@@ -48,6 +48,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "playground.security.security_headers",
 ]
 
 ROOT_URLCONF = "playground.urls"
@@ -101,6 +102,12 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 SERVESTATIC_USE_FINDERS = True
 SERVESTATIC_AUTOREFRESH = DEBUG
 
+# The largest request body, in bytes, checked by the ASGI wrapper in security.py before Django
+# reads it (a prompt of PLAYGROUND_MAX_PROMPT_CHARS, percent-encoded, fits with room to spare).
+PLAYGROUND_MAX_BODY_BYTES = env.int("PLAYGROUND_MAX_BODY_BYTES", default=2_000_000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = PLAYGROUND_MAX_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = PLAYGROUND_MAX_BODY_BYTES
+
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -143,6 +150,25 @@ UPSTREAM_RETRIES = env.int("UPSTREAM_RETRIES", default=2)
 UPSTREAM_RETRY_BACKOFF = env.float("UPSTREAM_RETRY_BACKOFF", default=0.5)
 UPSTREAM_RETRY_MAX_WAIT = env.float("UPSTREAM_RETRY_MAX_WAIT", default=10.0)
 
+# Abuse limits (limits.py): generations per user (or per IP, IPv6 per /64) in a window of
+# seconds (0 = no limit), concurrent generations per user, and per worker process. The
+# per-process cap stays below the connection pool so a burst is told "busy" at once instead of
+# waiting on the pool. Counted in the default cache: set CACHE_URL=redis://… for several workers.
+PLAYGROUND_RATE_LIMIT = env.int("PLAYGROUND_RATE_LIMIT", default=30)
+PLAYGROUND_RATE_LIMIT_WINDOW = env.int("PLAYGROUND_RATE_LIMIT_WINDOW", default=60)
+PLAYGROUND_MAX_CONCURRENT_PER_USER = env.int("PLAYGROUND_MAX_CONCURRENT_PER_USER", default=2)
+PLAYGROUND_MAX_CONCURRENT = env.int(
+    "PLAYGROUND_MAX_CONCURRENT",
+    default=max(1, UPSTREAM_MAX_CONNECTIONS - max(1, UPSTREAM_MAX_CONNECTIONS // 10)),
+)
+if PLAYGROUND_MAX_CONCURRENT >= UPSTREAM_MAX_CONNECTIONS:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("PLAYGROUND_MAX_CONCURRENT must be below UPSTREAM_MAX_CONNECTIONS.")
+# Behind a reverse proxy that appends the client address to X-Forwarded-For (and only then):
+# limits count per the last address in it instead of the proxy's.
+PLAYGROUND_TRUST_X_FORWARDED_FOR = env.bool("PLAYGROUND_TRUST_X_FORWARDED_FOR", default=False)
+
 # The built-in model is much faster than a real one; the playground paces it to this many tokens
 # a second so a completion visibly streams in (0 = as fast as it generates).
 OFFLINE_MODEL_TOKENS_PER_SECOND = env.float("OFFLINE_MODEL_TOKENS_PER_SECOND", default=120.0)
@@ -151,10 +177,18 @@ OFFLINE_MODEL_PATH = BASE_DIR / (
     env.str("OFFLINE_MODEL_PATH", default="") or "var/offline-model.bin"
 )
 
+# Every record passes redaction.RedactSecrets, which masks keys and Authorization headers.
+# httpx and httpcore print request details at DEBUG: they have their own level, WARNING unless
+# HTTP_CLIENT_LOG_LEVEL asks for more.
+HTTP_CLIENT_LOG_LEVEL = env.str("HTTP_CLIENT_LOG_LEVEL", default="WARNING")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"redact": {"()": "playground.redaction.RedactSecrets"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": HTTP_CLIENT_LOG_LEVEL},
+        "httpcore": {"level": HTTP_CLIENT_LOG_LEVEL},
+    },
 }

@@ -15,7 +15,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from playground import completions, offline, probes, streaming
+from playground import completions, limits, offline, probes, streaming
 from playground.backends import Backend, configured_backends, default_backend, resolve
 from playground.forms import DEFAULTS, MAX_STOP_SEQUENCES, GenerateForm, encode_stop
 
@@ -89,12 +89,18 @@ async def generate(request: HttpRequest) -> HttpResponse:
         # content is empty the live output is left alone; each message lands beside its field.
         return render(request, f"{PAGE}#form-errors", {"form": form}, status=status)
     backend = form.selected_backend
+    slot = await limits.admit(request)  # before anything reaches the upstream
+    if isinstance(slot, limits.Refusal):
+        return refused(request, form, slot)
     if request.headers.get("HX-Request") != "true":
         # Without JavaScript the form posts normally: run to the end and answer with the page.
-        context = await streaming.generate_whole(backend, form.to_request())
+        try:
+            context = await streaming.generate_whole(backend, form.to_request())
+        finally:
+            slot.release()
         return render(request, PAGE, {**page_context(form), **context})
     response = StreamingHttpResponse(
-        streaming.relay(backend, form.to_request()),
+        limits.holding(slot, streaming.relay(backend, form.to_request())),
         content_type="text/event-stream; charset=utf-8",
     )
     response["Cache-Control"] = "no-cache, no-store"
@@ -153,3 +159,14 @@ async def backend_status(request: HttpRequest) -> HttpResponse:
             await cache.aset(key, report, STATUS_CACHE_SECONDS)
         reports.append(report)
     return render(request, f"{PAGE}#backend-status", {"reports": reports})
+
+
+def refused(request: HttpRequest, form: GenerateForm, refusal: limits.Refusal) -> HttpResponse:
+    """A generation over a limit: the reason in the status line, with Retry-After."""
+    if request.headers.get("HX-Request") == "true":
+        response = render(request, f"{PAGE}#refused", {"refusal": refusal}, status=refusal.status)
+    else:
+        context = {**page_context(form), "refusal": refusal}
+        response = render(request, PAGE, context, status=refusal.status)
+    response["Retry-After"] = str(refusal.retry_after)
+    return response

@@ -58,6 +58,8 @@ def run_app(tmp_dir: Path, **env_overrides: str) -> Iterator[AppServer]:
         DJANGO_SETTINGS_MODULE="playground.settings",
         DATABASE_URL=f"sqlite:///{tmp_dir / 'db.sqlite3'}",
         PYTHONUNBUFFERED="1",
+        # Tests run many generations from one address; tests of the limits set their own.
+        PLAYGROUND_RATE_LIMIT="0",
     )
     env.update(env_overrides)
     subprocess.run(
@@ -93,7 +95,8 @@ def run_app(tmp_dir: Path, **env_overrides: str) -> Iterator[AppServer]:
         # Reading uvicorn's output tells us when it is ready, and keeps its pipe from filling.
         for line in process.stdout:
             log.append(line)
-            if "Application startup complete" in line:
+            # Uvicorn completes the lifespan startup before it binds: wait for the socket.
+            if "Uvicorn running on" in line:
                 ready.set()
         ready.set()
 
@@ -108,6 +111,15 @@ def run_app(tmp_dir: Path, **env_overrides: str) -> Iterator[AppServer]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(autouse=True)
+def _no_rate_limit(settings):
+    """In-process tests generate many times from one address: the limits' own tests set them."""
+    from django.core.cache import cache
+
+    settings.PLAYGROUND_RATE_LIMIT = 0
+    cache.clear()
 
 
 @pytest.fixture(scope="module")

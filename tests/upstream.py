@@ -230,6 +230,9 @@ class Upstream:
             if hangup.done() and not hangup.cancelled() and hangup.result() == b"":
                 request.disconnected.set()
             hangup.cancel()
+            # Let the cancelled read unregister itself before the next request is read.
+            with contextlib.suppress(asyncio.CancelledError):
+                await hangup
 
 
 @contextlib.contextmanager

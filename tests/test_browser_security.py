@@ -1,0 +1,126 @@
+"""In a real browser: the page works under its Content-Security-Policy, and hostile model output,
+alternatives and prompts open no dialog, run no script and send no request.
+
+The `page` fixture already fails a test on any request leaving our origin; these tests also
+fail on any same-origin request other than the page's own, on any CSP violation report, and on
+any dialog.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import run_app
+from hostile import PAYLOADS, visible
+from playwright.sync_api import expect
+from test_hostile import raw_stream
+
+pytestmark = pytest.mark.browser
+
+# Our own endpoints the page may call: the page, a generation, the debounced token count.
+OWN_PATHS = ("/", "/generate", "/tokens", "/static/")
+WATCH = """
+window.__csp = [];
+document.addEventListener('securitypolicyviolation', (e) => {
+  window.__csp.push(e.violatedDirective + ' ' + e.blockedURI);
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream_module():
+    from upstream import running_upstream
+
+    with running_upstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, upstream_module):
+    with run_app(
+        tmp_path_factory.mktemp("browser-security"),
+        COMPLETIONS_BASE_URL=upstream_module.base_url,
+        COMPLETIONS_MODEL="bigcode/starcoder2-7b",
+        OFFLINE_MODEL_TOKENS_PER_SECOND="0",
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def watched(page):
+    """The page, with dialogs, requests and CSP violations recorded."""
+    dialogs: list[str] = []
+    requests: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("request", lambda request: requests.append(request.url))
+    page.add_init_script(WATCH)
+    yield page, dialogs, requests
+    unexpected = [
+        url
+        for url in requests
+        if not url.startswith("data:")
+        and not (urlsplit(url).path in OWN_PATHS or urlsplit(url).path.startswith("/static/"))
+    ]
+    assert not unexpected, f"unexpected requests: {unexpected}"
+    assert not dialogs, f"dialogs opened: {dialogs}"
+
+
+def end_of_run(page):
+    expect(page.locator("#stats")).to_contain_text("Finish", timeout=30_000)
+
+
+def test_the_page_works_under_its_content_security_policy(watched, app):
+    page, _, _ = watched
+    response = page.goto(app.url + "/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page.get_by_label("Model", exact=True).select_option("offline")
+    page.get_by_role("button", name="Generate").click()
+    end_of_run(page)
+    token = page.locator("#result .t").first
+    token.hover()
+    expect(page.locator("#tooltip")).to_be_visible()
+    page.get_by_label("Temperature slider").fill("1.5")
+    expect(page.get_by_label("Temperature", exact=True)).to_have_value("1.5")
+    assert page.evaluate("window.__csp") == []
+
+
+def test_hostile_output_alternatives_and_prompt_do_nothing(watched, app, upstream_module):
+    page, _, requests = watched
+    payloads = list(PAYLOADS.values())
+    tokens = [p + "\n" for p in payloads]
+    alternatives = [{token: -0.1, payloads[i - 1]: -1.5} for i, token in enumerate(tokens)]
+    upstream_module.script(
+        status=200,
+        body=raw_stream(tokens, alternatives),
+        headers={"Content-Type": "text/event-stream"},
+    )
+    page.goto(app.url + "/")
+    prompt = "\n".join(visible(p).replace("\x00", "") for p in payloads if len(p) < 1000)
+    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_label("Model", exact=True).select_option("completions")
+    page.get_by_role("button", name="Generate").click()
+    end_of_run(page)
+
+    shown = page.locator("#result code").text_content()
+    for payload in payloads:
+        assert visible(payload) in shown
+    # Tooltips show alternatives as text too.
+    for index in (1, 3, 6, 19):
+        page.locator(f'#result .t[data-i="{index}"]').hover()
+        expect(page.locator("#tooltip")).to_be_visible()
+        assert page.locator("#tooltip img, #tooltip script, #tooltip svg").count() == 0
+    assert page.locator("#output-panel img, #output-panel iframe, #output-panel svg").count() == 0
+    assert (
+        page.locator(
+            "#output-panel a, #output-panel button, #output-panel script:not([type])"
+        ).count()
+        == 0
+    )
+    assert page.evaluate("window.__xss") is None
+    assert page.evaluate("window.__csp") == []
+    # Nothing typed is lost (a textarea's value has its line ends normalised to LF).
+    assert page.get_by_label("Prompt").input_value() == prompt.replace("\r\n", "\n").replace(
+        "\r", "\n"
+    )
+    assert sum(urlsplit(url).path == "/generate" for url in requests) == 1

@@ -1,0 +1,122 @@
+"""Every upstream fault, through the app against the loopback server: a clear message in the
+page, the text that arrived kept, and the run's status in its summary.
+
+Faults already covered in tests/test_views.py (401/403/404/410/422/429/503 statuses, an HTML
+500 page, a reset mid-stream, an error event, connection refused, a split multibyte character)
+are not repeated here; this file adds the rest and the partial-output checks.
+
+When runs are recorded (issue 3), `check_recorded` is the place to assert the stored run: its
+status, its text equal to what was shown, its error kind.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sse import post_stream
+from test_views import FORM, final
+
+TOKENS = ["a", "b", "c", "d", "e"]
+
+
+def run_against(form_changes=None):
+    form = {**FORM, "backend": "completions", "max_tokens": "16", **(form_changes or {})}
+    status, _, events = post_stream("/generate", form)
+    assert status == 200
+    summary = json.loads(next(e.data for e in events if e.event == "done"))
+    end = next(e.data for e in reversed(events) if not e.event)
+    return events, end, summary
+
+
+def shown_text(events) -> str:
+    return "".join(t["text"] for t in final(events).tokens) or "".join(
+        final(events).text_by_id.get("result", "")
+    )
+
+
+def check_recorded(summary: dict, *, status: str, error_kind: str | None) -> None:
+    assert summary["status"] == status
+    assert summary["error_kind"] == error_kind
+    # Issue 3: also assert the stored run has this status and the text that was shown.
+
+
+@pytest.fixture
+def short_timeouts(settings):
+    settings.UPSTREAM_READ_TIMEOUT = 0.5
+    settings.UPSTREAM_TOTAL_TIMEOUT = 1.5
+
+
+@pytest.mark.parametrize(
+    ("script", "kind", "kept"),
+    [
+        ({"fail": "stall_before_first_byte", "stall": 5}, "timeout", ""),
+        ({"fail": "stall_mid_stream", "fail_after": 3, "stall": 5}, "timeout", "abc"),
+        ({"fail": "never_ends", "fail_after": 3, "stall": 0.2}, "timeout", "abc"),
+        ({"fail": "malformed_chunk", "fail_after": 3}, "protocol", "abc"),
+        ({"fail": "reset_mid_stream", "fail_after": 3}, "unavailable", "abc"),
+        ({"fail": "error_event", "fail_after": 3}, None, "abc"),
+    ],
+    ids=["stall-before-first-byte", "stall-mid-stream", "never-ends", "malformed-chunk",
+         "reset-mid-stream", "error-event"],
+)  # fmt: skip
+def test_a_broken_stream_keeps_the_text_and_says_what_happened(
+    completions_backend, short_timeouts, script, kind, kept
+):
+    completions_backend.script(dialect="vllm", tokens=TOKENS, **script)
+    events, end, summary = run_against()
+    assert 'role="alert"' in end
+    if kept:
+        assert [t["text"] for t in final(events).tokens] == list(kept)
+        assert "kept below" in end
+    if kind is not None:
+        check_recorded(summary, status="failed", error_kind=kind)
+    else:
+        assert summary["status"] == "failed"
+
+
+def test_a_stall_says_the_backend_sent_nothing(completions_backend, short_timeouts):
+    completions_backend.script(dialect="vllm", fail="stall_before_first_byte", stall=5)
+    _, end, _ = run_against()
+    assert "The backend sent nothing" in end
+
+
+def test_an_upstream_that_never_ends_hits_the_total_deadline(completions_backend, short_timeouts):
+    completions_backend.script(dialect="vllm", tokens=TOKENS, fail="never_ends", stall=0.2)
+    _, end, _ = run_against()
+    assert "time limit" in end
+
+
+def test_429_with_retry_after_tells_when_to_try_again(completions_backend):
+    completions_backend.script(status=429, headers={"Retry-After": "12"})
+    _, end, summary = run_against()
+    assert "12" in end
+    check_recorded(summary, status="failed", error_kind="rate_limited")
+
+
+def test_a_500_html_page_with_a_secret_is_never_shown(completions_backend):
+    secret = "ROOT_SECRET_XYZ-7731"
+    completions_backend.script(status=500, body=f"<html><pre>{secret} db=10.0.0.5</pre></html>")
+    events, end, summary = run_against()
+    assert secret not in "".join(e.data for e in events)
+    assert "10.0.0.5" not in "".join(e.data for e in events)
+    assert 'role="alert"' in end
+    check_recorded(summary, status="failed", error_kind="unavailable")
+
+
+def test_a_retired_model_says_so(completions_backend):
+    completions_backend.script(
+        status=404, body={"error": {"message": "The model `old` does not exist"}}
+    )
+    _, end, summary = run_against()
+    assert "not available" in end
+    check_recorded(summary, status="failed", error_kind="not_found")
+
+
+def test_connection_refused_is_recorded_as_unavailable(settings):
+    from upstream import closed_port_url
+
+    settings.COMPLETIONS_BASE_URL = closed_port_url()
+    _, end, summary = run_against()
+    assert "Could not reach the backend" in end
+    check_recorded(summary, status="failed", error_kind="unavailable")
