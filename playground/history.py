@@ -18,7 +18,8 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine
 
-from django import forms
+from asgiref.sync import sync_to_async
+from django import db, forms
 from django.db import transaction
 
 from playground.completions import Alternative, LogprobStatus, Token
@@ -143,11 +144,18 @@ def make_recorder(owner: Owner, session_id: int | None, params: dict):
                 record.session.save(update_fields=["updated_at"])
         return record
 
-    async def record(run, *, stopped: bool) -> RunRecord | None:
-        from asgiref.sync import sync_to_async
-
+    def save_and_close(run, stopped: bool) -> RunRecord:
         try:
-            return await sync_to_async(save)(run, stopped)
+            return save(run, stopped)
+        finally:
+            # A worker thread of our own, possibly after the request has ended: nothing else
+            # will close this thread's connection (or hand it back to the pool).
+            db.connection.close()
+
+    async def record(run, *, stopped: bool) -> RunRecord | None:
+        try:
+            # Not thread-sensitive: a stopped run is saved after its request is over.
+            return await sync_to_async(save_and_close, thread_sensitive=False)(run, stopped)
         except Exception:
             log.exception("could not save a run")
             return None

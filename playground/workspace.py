@@ -351,6 +351,7 @@ def _live_link(token: str) -> ShareLink:
 
 
 def render_snapshot(request: HttpRequest, snapshot: dict, *, token: str | None, pk=None):
+    snapshot = {"name": "", "prompt": "", "params": {}, "backend": "", "model": "", **snapshot}
     runs = [present(run) for run in reversed(snapshot.get("runs") or [])]
     context = {"snapshot": snapshot, "runs": runs, "token": token, "team_pk": pk}
     response = render(request, "playground/shared.html", context)
