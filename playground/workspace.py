@@ -356,8 +356,11 @@ def render_snapshot(request: HttpRequest, snapshot: dict, *, token: str | None, 
     context = {"snapshot": snapshot, "runs": runs, "token": token, "team_pk": pk}
     response = render(request, "playground/shared.html", context)
     response["X-Robots-Tag"] = "noindex, nofollow"
-    response["Referrer-Policy"] = "no-referrer"
     response["Cache-Control"] = "private, no-store"
+    if token:
+        # The token is in the URL: never send it on as a Referer. (The team view has no token,
+        # and keeps the default policy so its own form posts with a real Origin.)
+        response["Referrer-Policy"] = "no-referrer"
     return response
 
 
@@ -367,10 +370,22 @@ def shared(request: HttpRequest, token: str) -> HttpResponse:
     return render_snapshot(request, link.snapshot, token=token)
 
 
-@require_POST
 def copy_shared(request: HttpRequest, token: str) -> HttpResponse:
-    """“Open in playground”: a private copy in the viewer's own workspace."""
+    """“Open in playground”: a private copy in the viewer's own workspace.
+
+    GET asks first, from a page of its own: the share page sends `Referrer-Policy: no-referrer`,
+    under which a browser posts with `Origin: null`, which CSRF protection rightly refuses.
+    """
     link = _live_link(token)
+    if request.method == "GET":
+        response = render(request, "playground/shared_open.html", {"snapshot": link.snapshot,
+                                                                   "token": token})  # fmt: skip
+        response["X-Robots-Tag"] = "noindex, nofollow"
+        response["Referrer-Policy"] = "same-origin"
+        response["Cache-Control"] = "private, no-store"
+        return response
+    if request.method != "POST":
+        return HttpResponse(status=405)
     session = transfer.import_session(link.snapshot, owner_of(request).fields())
     return _redirect(request, reverse("session", args=[session.pk]))
 
