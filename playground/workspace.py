@@ -180,8 +180,7 @@ def rename_session(request: HttpRequest, pk: int) -> HttpResponse:
     if name:
         session.name = name
         session.save(update_fields=["name", "updated_at"])
-    return _redirect(request, request.POST.get("next") == "list" and reverse("sessions")
-                     or reverse("session", args=[pk]))  # fmt: skip
+    return _redirect(request, reverse("session", args=[pk]))
 
 
 @require_POST

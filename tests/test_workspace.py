@@ -498,3 +498,22 @@ def test_require_login_guards_everything_but_shared_links(settings):
     assert anonymous.get(f"/share/{link.token}/").status_code == 200
     assert anonymous.get("/accounts/login/").status_code == 200
     assert signed_in("req").get("/").status_code == 200
+
+
+def test_the_admin_manages_sessions_runs_and_links_and_the_sign_in_page_is_ours(admin_client):
+    owner = user("adm")
+    session = make_session(owner, name="In the admin")
+    ShareLink.objects.create(session=session, token="a" * 32, snapshot={})
+    for path in [
+        "/admin/playground/session/",
+        f"/admin/playground/session/{session.pk}/change/",
+        "/admin/playground/run/",
+        "/admin/playground/sharelink/",
+        "/admin/auth/user/",
+    ]:
+        response = admin_client.get(path)
+        assert response.status_code == 200, path
+        assert "a" * 32 not in response.content.decode()  # a link's token stays secret
+    page = Client().get("/accounts/login/").content.decode()
+    assert "/static/playground/app.css" in page
+    assert "Sign in" in page
