@@ -22,6 +22,7 @@ from asgiref.sync import sync_to_async
 from django import db, forms
 from django.db import transaction
 
+from playground.backends import get_backend
 from playground.completions import Alternative, LogprobStatus, Token
 from playground.forms import GenerateForm, encode_stop
 from playground.models import Run as RunRecord
@@ -95,6 +96,8 @@ def params_from_post(data) -> dict:
 def form_initial(prompt: str, params: dict) -> dict:
     """Initial values of the editor's form from stored parameters."""
     initial = {k: v for k, v in params.items() if k in GenerateForm.base_fields}
+    if not get_backend(str(initial.get("backend") or "")):
+        initial.pop("backend", None)  # a backend this deployment no longer has: the default
     initial["stop"] = tuple(params.get("stop") or ())
     initial["prompt"] = prompt
     return initial

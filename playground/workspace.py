@@ -98,15 +98,13 @@ def save_draft(request: HttpRequest) -> HttpResponse:
     if session_id:
         session = get_object_or_404(owned_sessions(request), pk=session_id)
         session.prompt, session.params = prompt, params
-        session.backend = str(params.get("backend") or session.backend)[:64]
-        session.save(update_fields=["prompt", "params", "backend", "updated_at"])
+        backend = get_backend(str(params.get("backend") or ""))
+        if backend is not None:
+            session.backend, session.model = backend.id, backend.model
+        session.save(update_fields=["prompt", "params", "backend", "model", "updated_at"])
         return HttpResponse(status=204)
-    with transaction.atomic():
-        draft = Draft.objects.select_for_update().filter(owner.filter()).first()
-        if draft is None:
-            draft = Draft(**owner.fields())
-        draft.prompt, draft.params = prompt, params
-        draft.save()
+    # update_or_create: two autosaves racing for a first draft end up in one row.
+    Draft.objects.update_or_create(**owner.fields(), defaults={"prompt": prompt, "params": params})
     return HttpResponse(status=204)
 
 
@@ -270,11 +268,9 @@ def restore_run(request: HttpRequest, pk: int) -> HttpResponse:
         )
         url = reverse("session", args=[record.session_id])
     else:
-        with transaction.atomic():
-            draft = Draft.objects.select_for_update().filter(owner.filter()).first()
-            draft = draft or Draft(**owner.fields())
-            draft.prompt, draft.params = record.prompt, record.params
-            draft.save()
+        Draft.objects.update_or_create(
+            **owner.fields(), defaults={"prompt": record.prompt, "params": record.params}
+        )
         url = reverse("index")
     return _redirect(request, f"{url}?run={record.pk}")
 
