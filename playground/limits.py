@@ -58,9 +58,14 @@ def client_address(request: HttpRequest) -> str:
     return address
 
 
-def identity(request: HttpRequest) -> str:
-    """The key limits are counted under."""
-    user = getattr(request, "user", None)
+def identity(request: HttpRequest, user=None) -> str:
+    """The key limits are counted under: the signed-in user, else the client's address.
+
+    Async callers pass the user from `await request.auser()`: reading `request.user` there
+    would query the database from the event loop.
+    """
+    if user is None:
+        user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         return f"user:{user.pk}"
     address = client_address(request)
@@ -174,7 +179,8 @@ async def admit(request: HttpRequest) -> Slot | Refusal:
     try:
         # Cache calls block (Redis is a network round trip): in a worker thread.
         # thread_sensitive=False: they must not queue behind other requests' sync work.
-        taken = await sync_to_async(_admit, thread_sensitive=False)(identity(request))
+        user = await request.auser() if hasattr(request, "auser") else None
+        taken = await sync_to_async(_admit, thread_sensitive=False)(identity(request, user))
     except BaseException:
         with _running_lock:
             _running -= 1

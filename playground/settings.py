@@ -30,9 +30,11 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[:
 CSRF_TRUSTED_ORIGINS = [o for o in env.list("CSRF_TRUSTED_ORIGINS", default=[]) if o]
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "template_partials",
     "playground",
@@ -47,6 +49,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The admin needs messages; PLAYGROUND_REQUIRE_LOGIN is checked by our own (sync and async).
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "playground.owners.require_login_middleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "playground.security.security_headers",
 ]
@@ -63,6 +68,7 @@ TEMPLATES = [
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
             ],
         },
     },
@@ -80,11 +86,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's pool (psycopg_pool): connections are reused without CONN_MAX_AGE, which must stay
+    # 0 under ASGI (Django refuses a pool with persistent connections anyway).
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = True
 
 CACHE_URL = env.str("CACHE_URL", default="") or "locmemcache://playground"
 CACHES = {"default": env.cache_url_config(CACHE_URL)}
 
 SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+# A year: an anonymous visitor's work is bound to this cookie, and must survive a browser restart.
+SESSION_COOKIE_AGE = 365 * 24 * 3600
+# Messages in the signed cookie too: nothing is kept in a process between requests.
+MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "index"
+# true: everything but shared links needs a signed-in user (accounts are made in the admin).
+PLAYGROUND_REQUIRE_LOGIN = env.bool("PLAYGROUND_REQUIRE_LOGIN", default=False)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"

@@ -44,6 +44,7 @@ from playground.completions import (
     Usage,
 )
 from playground.forms import GenerateForm
+from playground.history import keep
 from playground.rendering import render_completion, render_plain
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,15 @@ def open_deltas(backend: Backend, request: CompletionRequest) -> AsyncIterator[D
     return completions.stream_completion(completions.get_client(), backend, request)
 
 
-async def relay(backend: Backend, request: CompletionRequest):
-    """The body of the generate response: bytes of `text/event-stream`."""
+async def relay(backend: Backend, request: CompletionRequest, *, record=None):
+    """The body of the generate response: bytes of `text/event-stream`.
+
+    `record(run, stopped=...)`, if given, is awaited once when the run ends and its result is
+    handed to the `run-end` partial as `record`. If the browser goes away first, it still runs
+    (as a task the cancellation does not reach) with `stopped=True`: see `history.py`.
+    """
     run = Run(backend=backend, request=request)
+    ended = False
     start = {"backend": backend, "error_slots": ERROR_SLOTS}
     yield sse_message(render_to_string(f"{PAGE}#run-start", start))
 
@@ -190,6 +197,7 @@ async def relay(backend: Backend, request: CompletionRequest):
                 # and a chunk of code is often just a newline and an indent.
                 yield sse_message(f"<span>{render_plain(text)}</span>")
             if finished.is_set() and not queue:
+                ended = True
                 break
             if text:
                 # Let the next tokens gather, but end the wait as soon as the run finishes.
@@ -200,7 +208,15 @@ async def relay(backend: Backend, request: CompletionRequest):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        if record is not None:
+            run.ended_at = time.perf_counter()
+            # A task of its own: if the browser went away (Stop, a closed tab), this generator is
+            # being cancelled, and the save must outlive it with the text that had arrived.
+            saving = keep(record(run, stopped=not ended))
     context = await finish(run)
+    if record is not None:
+        # Shielded: a disconnect while rendering or saving must not lose the run.
+        context["record"] = await asyncio.shield(saving)
     yield sse_message(render_to_string(f"{PAGE}#run-end", context))
     yield sse_message(json.dumps(context["summary"]), event="done")
 
@@ -239,8 +255,11 @@ async def finish(run: Run) -> dict:
     return {"run": run, "rendered": rendered, "summary": summary, "backend": run.backend}
 
 
-async def generate_whole(backend: Backend, request: CompletionRequest) -> dict:
+async def generate_whole(backend: Backend, request: CompletionRequest, *, record=None) -> dict:
     """A run without streaming, for a browser without JavaScript: the page comes back whole."""
     run = Run(backend=backend, request=request)
     await pump(run, run.add)
-    return await finish(run)
+    context = await finish(run)
+    if record is not None:
+        context["record"] = await record(run, stopped=False)
+    return context

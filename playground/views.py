@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from playground import completions, limits, offline, probes, streaming
+from playground import completions, history, limits, offline, owners, probes, streaming, workspace
 from playground.backends import Backend, configured_backends, default_backend, resolve
 from playground.forms import DEFAULTS, MAX_STOP_SEQUENCES, GenerateForm, encode_stop
+from playground.models import Session
 
 PAGE = "playground/page.html"
 
@@ -29,9 +31,15 @@ EXAMPLE_PROMPT = '''def fibonacci(n):
 @require_GET
 @ensure_csrf_cookie
 def index(request: HttpRequest) -> HttpResponse:
-    backend = default_backend()
-    initial = {**DEFAULTS, "backend": backend.id, "prompt": EXAMPLE_PROMPT}
-    return render(request, PAGE, page_context(GenerateForm(initial=initial)))
+    # The editor comes back as it was left: the autosaved draft over the defaults.
+    form = GenerateForm(initial=workspace.editor_initial(request, default_initial()))
+    context = {**page_context(form), **workspace.editor_context(request, None)}
+    context.update(workspace.shown_run(request, None))
+    return render(request, PAGE, context)
+
+
+def default_initial() -> dict:
+    return {**DEFAULTS, "backend": default_backend().id, "prompt": EXAMPLE_PROMPT}
 
 
 def page_context(form: GenerateForm) -> dict:
@@ -76,6 +84,19 @@ def model_picker(backends: tuple[Backend, ...], form: GenerateForm) -> list[dict
     return groups
 
 
+async def recorder_for(request: HttpRequest, form: GenerateForm):
+    """Where this run is saved: the session named by the form (the owner's own, else 404), or
+    the owner's unsaved workspace."""
+    owner = await owners.aowner_of(request)
+    session_id = request.POST.get("session") or None
+    if session_id is not None:
+        owned = Session.objects.filter(owner.filter(), pk=session_id)
+        if not session_id.isdigit() or not await owned.aexists():
+            raise Http404
+        session_id = int(session_id)
+    return history.make_recorder(owner, session_id, history.params_from_cleaned(form.cleaned_data))
+
+
 @require_POST
 async def generate(request: HttpRequest) -> HttpResponse:
     form = GenerateForm(request.POST)
@@ -89,18 +110,19 @@ async def generate(request: HttpRequest) -> HttpResponse:
         # content is empty the live output is left alone; each message lands beside its field.
         return render(request, f"{PAGE}#form-errors", {"form": form}, status=status)
     backend = form.selected_backend
+    record = await recorder_for(request, form)  # the owner's session, else 404
     slot = await limits.admit(request)  # before anything reaches the upstream
     if isinstance(slot, limits.Refusal):
-        return refused(request, form, slot)
+        return await refused(request, form, slot)
     if request.headers.get("HX-Request") != "true":
         # Without JavaScript the form posts normally: run to the end and answer with the page.
         try:
-            context = await streaming.generate_whole(backend, form.to_request())
+            context = await streaming.generate_whole(backend, form.to_request(), record=record)
         finally:
             slot.release()
-        return render(request, PAGE, {**page_context(form), **context})
+        return await sync_to_async(_whole_page)(request, form, context)
     response = StreamingHttpResponse(
-        limits.holding(slot, streaming.relay(backend, form.to_request())),
+        limits.holding(slot, streaming.relay(backend, form.to_request(), record=record)),
         content_type="text/event-stream; charset=utf-8",
     )
     response["Cache-Control"] = "no-cache, no-store"
@@ -161,12 +183,24 @@ async def backend_status(request: HttpRequest) -> HttpResponse:
     return render(request, f"{PAGE}#backend-status", {"reports": reports})
 
 
-def refused(request: HttpRequest, form: GenerateForm, refusal: limits.Refusal) -> HttpResponse:
+async def refused(
+    request: HttpRequest, form: GenerateForm, refusal: limits.Refusal
+) -> HttpResponse:
     """A generation over a limit: the reason in the status line, with Retry-After."""
     if request.headers.get("HX-Request") == "true":
         response = render(request, f"{PAGE}#refused", {"refusal": refusal}, status=refusal.status)
     else:
-        context = {**page_context(form), "refusal": refusal}
-        response = render(request, PAGE, context, status=refusal.status)
+        response = await sync_to_async(_whole_page)(request, form, {"refusal": refusal})
+        response.status_code = refusal.status
     response["Retry-After"] = str(refusal.retry_after)
     return response
+
+
+def _whole_page(request: HttpRequest, form: GenerateForm, context: dict) -> HttpResponse:
+    record = context.get("record")
+    session = record.session if record is not None and record.session_id else None
+    return render(
+        request,
+        PAGE,
+        {**page_context(form), **workspace.editor_context(request, session), **context},
+    )

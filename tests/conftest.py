@@ -203,3 +203,25 @@ def completions_backend(settings, upstream):
     settings.COMPLETIONS_API_KEY = "test-key-0123456789abcdef"
     settings.COMPLETIONS_MODEL = "bigcode/starcoder2-7b"
     return upstream
+
+
+# Modules whose tests go through the views, which save drafts and runs. Runs are saved from a
+# worker thread after the stream ends, so these tests need real transactions rather than the
+# per-test wrapper (which another thread cannot see into).
+VIEW_TEST_MODULES = {
+    "test_backends",
+    "test_dialects",
+    "test_faults",
+    "test_fuzz",
+    "test_hostile",
+    "test_limits",
+    "test_retries",
+    "test_secrets",
+    "test_security",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in VIEW_TEST_MODULES and not item.get_closest_marker("django_db"):
+            item.add_marker(pytest.mark.django_db(transaction=True))

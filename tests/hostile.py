@@ -73,9 +73,14 @@ ALLOWED_TAGS = {
     "html", "head", "body", "meta", "title", "link", "script", "header", "h1", "h2", "p",
     "main", "form", "section", "div", "label", "textarea", "span", "button", "kbd", "aside",
     "select", "option", "input", "fieldset", "legend", "code", "pre", "dl", "dt", "dd",
-    "strong", "ol", "li", "output", "optgroup", "ul",
+    "strong", "ol", "li", "output", "optgroup", "ul", "a", "nav", "h3", "details", "summary",
+    "table", "thead", "tbody", "tr", "th", "td", "time", "mark", "article",
 }  # fmt: skip
-OWN_URLS = ("/generate", "/tokens", "/backends/status")
+# Our own routes an element may point at (the page's links and forms).
+OWN_URLS = (
+    "/generate", "/tokens", "/backends/status", "/draft", "/code", "/history", "/sessions/",
+    "/runs/", "/team/", "/share/", "/accounts/", "/admin/", "?run=",
+)  # fmt: skip
 URL_ATTRIBUTES = {"href", "src", "srcdoc", "action", "formaction", "data", "poster", "xlink:href"}
 
 
@@ -120,13 +125,15 @@ def assert_inert(html: str, baseline: str | None = None) -> Inventory:
             assert attrs.get("type") == "application/json" or set(attrs) == {"src", "defer"}, attrs
         for name, value in attrs.items():
             assert not name.startswith("on"), f"injected {name}= on <{tag}>"
-            assert name not in URL_ATTRIBUTES or (value or "").startswith(
-                ("/static/", *OWN_URLS)
+            assert (
+                name not in URL_ATTRIBUTES
+                or value == "/"
+                or (value or "").startswith(("/static/", *OWN_URLS))
             ), f"injected {name}={value!r} on <{tag}>"
             assert not name.startswith("data-hx"), f"injected {name} on <{tag}>"
             if name.startswith("hx-"):
                 assert name in {"hx-swap-oob", "hx-post", "hx-get", "hx-target", "hx-swap",
-                                "hx-sync", "hx-trigger", "hx-ignore", "hx-headers:inherited"}, (
+                                "hx-sync", "hx-trigger", "hx-include", "hx-ignore", "hx-headers:inherited"}, (
                     f"injected {name}"
                 )  # fmt: skip
     if baseline is not None:

@@ -31,6 +31,19 @@ def parse_events(raw: bytes) -> list[Event]:
     return events
 
 
+async def settle() -> None:
+    """Wait for the run's save, then close the database connection the view's async ORM calls
+    opened in asgiref's worker thread (the test client keeps Django from closing it, and an open
+    connection would keep PostgreSQL from dropping the test database)."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from playground import history
+
+    await history.drain()
+    await sync_to_async(connections.close_all)()
+
+
 def post_stream(path: str, data: dict, **headers) -> tuple[int, dict, list[Event]]:
     """POST as htmx does and read the whole streamed answer."""
     from django.test import AsyncClient
@@ -42,6 +55,7 @@ def post_stream(path: str, data: dict, **headers) -> tuple[int, dict, list[Event
             body = b"".join([chunk async for chunk in response.streaming_content])
         else:
             body = response.content
+        await settle()
         return response.status_code, dict(response.headers), parse_events(body)
 
     return asyncio.run(go())

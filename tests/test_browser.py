@@ -152,7 +152,7 @@ def test_stop_keeps_the_partial_text_and_closes_the_upstream_stream(page, app, u
     expect(live).to_contain_text("tok3 ")
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#status")).to_contain_text("Stopped")
-    request = upstream_module.requests[-1]
+    request = [r for r in upstream_module.requests if r.path == "/v1/completions"][-1]
     assert request.disconnected.wait(10), "the server must close the upstream stream"
     text = live.text_content()
     assert text.startswith("tok0 tok1 tok2 tok3 ")

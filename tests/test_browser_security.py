@@ -18,8 +18,9 @@ from test_hostile import raw_stream
 
 pytestmark = pytest.mark.browser
 
-# Our own endpoints the page may call: the page, a generation, the debounced token count.
-OWN_PATHS = ("/", "/generate", "/tokens", "/static/")
+# Our own endpoints the page may call: the page, a generation, the debounced token count,
+# the draft autosave and the history panel.
+OWN_PATHS = ("/", "/generate", "/tokens", "/draft", "/history", "/static/")
 WATCH = """
 window.__csp = [];
 document.addEventListener('securitypolicyviolation', (e) => {

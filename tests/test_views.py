@@ -22,6 +22,10 @@ FORM = {
 }
 
 
+# Runs are saved at the end of every generation, from the stream's own thread.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
 @pytest.fixture(autouse=True)
 def _unpaced(settings):
     settings.OFFLINE_MODEL_TOKENS_PER_SECOND = 0

@@ -302,3 +302,53 @@
     applyMode();
   });
 })();
+
+/* Workspace (sessions, history, View code): after a Stop the run is saved once the server sees
+ * the disconnect, so the history panel asks again (it listens for `playground:stopped`); Copy
+ * buttons of the View code panel copy their snippet. */
+(() => {
+  "use strict";
+
+  document.addEventListener("click", (event) => {
+    if (!(event.target instanceof Element)) return;
+    if (event.target.closest("#stop-button")) {
+      document.body.dispatchEvent(new CustomEvent("playground:stopped", { bubbles: true }));
+      return;
+    }
+    const copy = event.target.closest("[data-copy]");
+    if (!copy) return;
+    const code = copy.parentElement.querySelector("pre code");
+    if (!code || !navigator.clipboard) return;
+    navigator.clipboard.writeText(code.textContent).then(
+      () => { copy.textContent = "Copied"; },
+      () => { copy.textContent = "Copy failed"; },
+    );
+  });
+
+  // Saved-state hint of the autosave, so a user knows the draft is safe.
+  let unsaved = false;
+  document.addEventListener("input", (event) => {
+    if (event.target instanceof Element && event.target.closest("#generate-form")) {
+      unsaved = true;
+      const hint = document.getElementById("autosave");
+      if (hint) hint.textContent = "Saving…";
+    }
+  });
+  document.addEventListener("htmx:after:request", (event) => {
+    const target = event.target;
+    if (!(target instanceof Element) || target.id !== "autosave") return;
+    const ok = event.detail && event.detail.ctx && event.detail.ctx.response
+      ? event.detail.ctx.response.status < 400 : true;
+    if (ok) unsaved = false;
+    target.textContent = ok ? "Draft saved" : "Draft not saved";
+  });
+  // Leaving within the autosave's debounce would lose the last keystrokes: send them now. The
+  // form carries its CSRF token as a field, which is what a beacon (no headers) can send.
+  document.addEventListener("visibilitychange", () => {
+    const form = document.getElementById("generate-form");
+    const hint = document.getElementById("autosave");
+    if (document.visibilityState !== "hidden" || !unsaved || !form || !hint) return;
+    navigator.sendBeacon(hint.getAttribute("hx-post"), new FormData(form));
+    unsaved = false;
+  });
+})();

@@ -1,0 +1,193 @@
+"""Recording runs, and showing them again.
+
+`streaming.relay` calls a recorder once, when a run ends (never per token: the stream is not
+slowed by database writes). A run the user stops ends with the browser disconnecting, which makes
+Django cancel the response's generator; its recorder is then started as a task that the
+cancellation does not reach, held in `_pending` until it is done (the event loop keeps only weak
+references to tasks).
+
+Tokens are stored in the compact shape of `rendering`'s tooltip data,
+`[text, logprob|null, [[alt, logprob], ...]]`, and turned back into `Token`s to render a past run
+with the same highlighting and tooltips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Coroutine
+
+from asgiref.sync import sync_to_async
+from django import db, forms
+from django.db import transaction
+
+from playground.backends import get_backend
+from playground.completions import Alternative, LogprobStatus, Token
+from playground.forms import GenerateForm, encode_stop
+from playground.models import Run as RunRecord
+from playground.models import RunStatus
+from playground.owners import Owner
+from playground.rendering import RenderedCompletion, render_completion
+
+log = logging.getLogger(__name__)
+
+_pending: set[asyncio.Task] = set()
+
+# The parameters of a run as the form names them; the prompt is kept in its own column.
+PARAM_FIELDS = tuple(name for name in GenerateForm.base_fields if name != "prompt")
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no nan or infinity; a broken backend may still send them.
+    return value if value is not None and math.isfinite(value) else None
+
+
+def tokens_to_json(tokens) -> list:
+    return [
+        [
+            t.text,
+            _finite(t.logprob),
+            [[a.text, a.logprob] for a in t.alternatives if math.isfinite(a.logprob)],
+        ]
+        for t in tokens
+    ]
+
+
+def tokens_from_json(data: list) -> list[Token]:
+    return [
+        Token(
+            text=text,
+            logprob=logprob,
+            alternatives=tuple(Alternative(text=a, logprob=lp) for a, lp in alternatives),
+        )
+        for text, logprob, alternatives in data
+    ]
+
+
+def params_from_cleaned(cleaned: dict) -> dict:
+    """A validated form's parameters as JSON (the backend's key never is one of them)."""
+    params = {}
+    for name in PARAM_FIELDS:
+        value = cleaned.get(name)
+        params[name] = list(value) if isinstance(value, tuple) else value
+    return params
+
+
+def params_from_post(data) -> dict:
+    """The editor's fields as typed (valid or not), for the draft; stop sequences decoded."""
+    from playground.forms import decode_stop
+
+    params = {}
+    for name, field in GenerateForm.base_fields.items():
+        if name == "prompt":
+            continue
+        if name == "stop":
+            params[name] = [decode_stop(v) for v in data.getlist(name) if v][:8]
+        elif isinstance(field, forms.BooleanField):
+            params[name] = data.get(name) not in (None, "", "false", "off")
+        else:
+            value = data.get(name)
+            if value is not None:
+                params[name] = str(value)[:200]
+    return params
+
+
+def form_initial(prompt: str, params: dict) -> dict:
+    """Initial values of the editor's form from stored parameters."""
+    initial = {k: v for k, v in params.items() if k in GenerateForm.base_fields}
+    if not get_backend(str(initial.get("backend") or "")):
+        initial.pop("backend", None)  # a backend this deployment no longer has: the default
+    initial["stop"] = tuple(params.get("stop") or ())
+    initial["prompt"] = prompt
+    return initial
+
+
+def encoded_stops(params: dict) -> list[str]:
+    return [encode_stop(s) for s in params.get("stop") or ()]
+
+
+def status_of(run, *, stopped: bool) -> str:
+    if run.error is not None:
+        return RunStatus.FAILED
+    return RunStatus.STOPPED if stopped else RunStatus.COMPLETE
+
+
+def make_recorder(owner: Owner, session_id: int | None, params: dict):
+    """The callback `streaming.relay` calls when a run ends: saves it, returns the record."""
+
+    def save(run, stopped: bool) -> RunRecord:
+        end = run.ended_at or run.started
+        ttft = None if run.first_token_at is None else run.first_token_at - run.started
+        usage = run.usage
+        with transaction.atomic():
+            record = RunRecord.objects.create(
+                **owner.fields(),
+                session_id=session_id,
+                params=params,
+                prompt=run.request.prompt,
+                backend=run.backend.id,
+                model=run.request.model or run.backend.model,
+                text=run.text,
+                tokens=tokens_to_json(run.tokens),
+                logprobs=run.logprobs.value,
+                ttft_ms=None if ttft is None else round(ttft * 1000),
+                total_ms=round((end - run.started) * 1000),
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=(usage.completion_tokens if usage else None)
+                or len(run.tokens)
+                or None,
+                finish_reason=run.finish_reason or "",
+                status=status_of(run, stopped=stopped),
+                error_kind=run.error.kind.value if run.error else "",
+                error_message=run.error.message if run.error else "",
+            )
+            if session_id is not None:
+                # Touch the session so the list shows it as recently used.
+                record.session.save(update_fields=["updated_at"])
+        return record
+
+    def save_and_close(run, stopped: bool) -> RunRecord:
+        try:
+            return save(run, stopped)
+        finally:
+            # A worker thread of our own, possibly after the request has ended: nothing else
+            # will close this thread's connection (or hand it back to the pool).
+            db.connection.close()
+
+    async def record(run, *, stopped: bool) -> RunRecord | None:
+        try:
+            # Not thread-sensitive: a stopped run is saved after its request is over.
+            return await sync_to_async(save_and_close, thread_sensitive=False)(run, stopped)
+        except Exception:
+            log.exception("could not save a run")
+            return None
+
+    return record
+
+
+def keep(coro: Coroutine) -> asyncio.Task:
+    """Run `coro` to its end even if the caller is cancelled."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+    return task
+
+
+async def drain() -> None:
+    """Wait for the saves still running (tests, shutdown)."""
+    while _pending:
+        await asyncio.gather(*list(_pending), return_exceptions=True)
+
+
+Recorder = Callable[..., Awaitable[RunRecord | None]]
+
+
+def render_record(record: RunRecord) -> RenderedCompletion:
+    return render_completion(
+        prompt=record.prompt,
+        tokens=tokens_from_json(record.tokens),
+        text=record.text,
+        logprobs=LogprobStatus(record.logprobs),
+        alternatives_shown=int((record.params or {}).get("logprobs") or 5),
+    )

@@ -1,0 +1,207 @@
+"""Browser tests of the workspace: saving, history, sharing, the team gallery, export/import.
+
+The system Chromium against uvicorn (`conftest.run_app`), with the built-in model paced slowly
+enough that Stop lands in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, run_app
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+USERS = {"alice": "alice-pw-0123", "bob": "bob-pw-0123"}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("workspace-app")
+    with run_app(tmp, OFFLINE_MODEL_TOKENS_PER_SECOND="20") as server:
+        env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"}
+        env.pop("DJANGO_ENV", None)
+        script = "; ".join(
+            f"User.objects.create_user({name!r}, password={password!r})"
+            for name, password in USERS.items()
+        )
+        subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c",
+             f"from django.contrib.auth.models import User; {script}"],
+            cwd=ROOT, env=env, check=True,
+        )  # fmt: skip
+        yield server
+
+
+def sign_in(page, app, name: str) -> None:
+    page.goto(app.url + "/accounts/login/")
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password").fill(USERS[name])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator(".who")).to_have_text(name)
+
+
+def generate(page, max_tokens: str = "12") -> None:
+    page.get_by_label("Max tokens", exact=True).fill(max_tokens)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#stats")).to_contain_text("Finish", timeout=30_000)
+
+
+def save_as(page, name: str) -> None:
+    page.get_by_placeholder("Name this session").fill(name)
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.wait_for_url(re.compile(r"/sessions/\d+/$"))
+    expect(page.get_by_label("Session name", exact=True)).to_have_value(name)
+
+
+def check_tooltip(page, scope: str) -> None:
+    page.mouse.move(0, 0)
+    page.locator(f"{scope} .t").nth(1).focus()
+    tooltip = page.get_by_role("tooltip")
+    expect(tooltip).to_be_visible()
+    expect(tooltip).to_contain_text("%")
+    expect(tooltip.locator("li.chosen")).to_have_count(1)
+
+
+def wait_for_autosave(page, action, text: str) -> None:
+    """Do `action` and wait for the autosave that carries `text`."""
+    with page.expect_response(
+        lambda r: r.url.endswith("/draft") and text in (r.request.post_data or "")
+    ) as response:
+        action()
+    assert response.value.status == 204
+
+
+def test_the_draft_survives_a_reload(page, app):
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def survives_reload():\n")
+    wait_for_autosave(
+        page, lambda: page.get_by_label("Temperature", exact=True).fill("1.25"), "1.25"
+    )
+    expect(page.locator("#autosave")).to_have_text("Draft saved")
+    page.reload()
+    expect(page.get_by_label("Prompt")).to_have_value("def survives_reload():\n")
+    expect(page.get_by_label("Temperature", exact=True)).to_have_value("1.25")
+
+
+def test_generate_save_reload_and_reopen_a_run_with_its_tooltips(page, app):
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def reopen_me(x):\n")
+    generate(page)
+    first = page.locator("#result pre").text_content()
+    expect(page.locator("#history-list li")).to_have_count(1)
+    save_as(page, "Reopen test")
+    page.reload()
+    expect(page.get_by_label("Prompt")).to_have_value("def reopen_me(x):\n")
+    item = page.locator("#history-list li").first
+    expect(item).to_contain_text("Complete")
+    item.get_by_role("link", name="Open").click()
+    expect(page.locator("#result pre")).to_have_text(first)
+    check_tooltip(page, "#result")
+
+    page.goto(app.url + "/sessions/")
+    page.get_by_role("link", name="Reopen test").click()
+    expect(page.locator("#history-list li")).to_have_count(1)
+
+
+def test_a_stopped_run_keeps_its_partial_text_in_history(page, app):
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def stopped_run():\n")
+    page.get_by_label("Max tokens", exact=True).fill("400")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#live")).to_contain_text(re.compile(r"\S{3}"))
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#status")).to_contain_text("Stopped")
+    partial = page.locator("#live").text_content()
+    item = page.locator("#history-list li[data-status='stopped']").first
+    expect(item).to_be_visible(timeout=10_000)
+    item.get_by_role("link", name="Open").click()
+    shown = page.locator("#result pre").text_content()
+    assert shown.startswith(partial[: len(partial) // 2])
+    assert len(shown) < 400 * 2
+
+
+def test_share_by_link_frozen_with_tooltips_then_revoke(page, app, browser):
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def shared_frozen():\n")
+    generate(page)
+    save_as(page, "Shared <b>demo</b>")
+    page.get_by_role("link", name="Share").click()
+    page.get_by_role("button", name="Make a new link").click()
+    url = page.locator(".share-url").first.input_value()
+    page.get_by_role("link", name="Back to the session").click()
+    wait_for_autosave(
+        page, lambda: page.get_by_label("Prompt").fill("def edited_later():\n"), "edited_later"
+    )
+
+    stranger = browser.new_context()
+    viewer = stranger.new_page()
+    response = viewer.goto(url)
+    assert response.status == 200
+    assert response.headers["x-robots-tag"].startswith("noindex")
+    expect(viewer.get_by_role("heading", name="Shared <b>demo</b>")).to_be_visible()
+    expect(viewer.locator(".prompt-shown")).to_have_text("def shared_frozen():\n")
+    check_tooltip(viewer, ".shared-run")
+    viewer.get_by_role("link", name="Open in playground").click()
+    viewer.get_by_role("button", name="Open in playground").click()
+    expect(viewer.get_by_label("Prompt")).to_have_value("def shared_frozen():\n")
+
+    page.get_by_role("link", name="Share").click()
+    page.get_by_role("button", name="Revoke").click()
+    expect(page.locator(".share-url")).to_have_count(0)
+    assert viewer.goto(url).status == 404
+    stranger.close()
+
+
+def test_a_team_session_is_seen_by_a_teammate_and_not_by_an_anonymous_visitor(browser, app):
+    alice_context, bob_context, anon_context = (browser.new_context() for _ in range(3))
+    alice, bob, anon = (c.new_page() for c in (alice_context, bob_context, anon_context))
+    sign_in(alice, app, "alice")
+    alice.goto(app.url + "/")
+    alice.get_by_label("Prompt").fill("def team_demo():\n")
+    save_as(alice, "Team demo")
+    session_url = alice.url
+    alice.get_by_role("link", name="Share").click()
+    alice.get_by_label("Team (every signed-in user)").check()
+    alice.get_by_role("button", name="Apply").click()
+
+    sign_in(bob, app, "bob")
+    bob.goto(app.url + "/team/")
+    bob.get_by_role("link", name="Team demo").click()
+    expect(bob.locator(".prompt-shown")).to_have_text("def team_demo():\n")
+    bob.get_by_role("button", name="Open in playground").click()
+    expect(bob.get_by_label("Prompt")).to_have_value("def team_demo():\n")
+    expect(bob.get_by_label("Session name", exact=True)).to_have_value("Team demo")
+
+    anon.goto(app.url + "/team/")
+    expect(anon.get_by_role("link", name="Team demo")).to_have_count(0)
+    assert anon.goto(session_url).status == 404
+    for context in (alice_context, bob_context, anon_context):
+        context.close()
+
+
+def test_export_then_import_gives_an_identical_session(page, app, tmp_path):
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def round_trip():\n")
+    generate(page)
+    save_as(page, "Round trip")
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Export").click()
+    path = tmp_path / "session.json"
+    info.value.save_as(path)
+    exported = json.loads(path.read_text())
+    assert exported["runs"][0]["tokens"]
+
+    page.goto(app.url + "/sessions/")
+    page.get_by_label("Session file (.json)").set_input_files(path)
+    page.get_by_role("button", name="Import").click()
+    page.wait_for_url(re.compile(r"/sessions/\d+/$"))
+    expect(page.get_by_label("Session name", exact=True)).to_have_value("Round trip")
+    again = page.request.get(page.url.split("?")[0] + "export").json()
+    assert again == exported
