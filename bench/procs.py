@@ -63,9 +63,15 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(5)
 
 
+class Upstream:
+    def __init__(self, port: int, process: subprocess.Popen) -> None:
+        self.port = port
+        self.pid = process.pid
+
+
 @contextlib.contextmanager
-def upstream(delay_ms: float = 5.0) -> Iterator[int]:
-    """The lean upstream (bench/upstream.py) in its own process; yields its port."""
+def upstream(delay_ms: float = 5.0) -> Iterator[Upstream]:
+    """The lean upstream (bench/upstream.py) in its own process."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.upstream", "--port", str(port), "--delay-ms", str(delay_ms)],
@@ -74,7 +80,7 @@ def upstream(delay_ms: float = 5.0) -> Iterator[int]:
     )
     try:
         wait_for_port(port, process)
-        yield port
+        yield Upstream(port, process)
     finally:
         stop(process)
 
@@ -139,6 +145,22 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+
+
+def machine_busy() -> float:
+    """CPU-seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICKS
+
+
+def cpu_stall() -> float:
+    """Seconds in which some runnable task waited for a CPU (Linux PSI), or NaN without PSI."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return float("nan")
+    return int(line.rsplit("total=", 1)[1]) / 1e6
 
 
 class PeakRss:

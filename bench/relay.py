@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -40,12 +41,14 @@ def csrf_token(app: procs.App) -> str:
     return response.cookies["csrftoken"]
 
 
-def spec(mode: str, port: int, streams: int, csrf: str = "", seed: int = 1) -> dict:
+def spec(
+    mode: str, port: int, streams: int, csrf: str = "", seed: int = 1, tokens: int = TOKENS
+) -> dict:
     return {
         "mode": mode,
         "port": port,
         "streams": streams,
-        "tokens": TOKENS,
+        "tokens": tokens,
         "delay_ms": DELAY_MS,
         "seed": seed,
         "csrf": csrf,
@@ -61,8 +64,9 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def overhead(upstream_port: int) -> list[Row]:
+def overhead(upstream: procs.Upstream) -> list[Row]:
     """Section 1: one stream at a time, relay and direct interleaved, REPEATS of each."""
+    upstream_port = upstream.port
     with (
         tempfile.TemporaryDirectory() as tmp,
         procs.app(Path(tmp), **app_env(upstream_port)) as app,
@@ -71,9 +75,12 @@ def overhead(upstream_port: int) -> list[Row]:
         procs.run_load(spec("relay", app.port, 1, csrf))  # warm-up: templates, client pool
         direct: list[dict] = []
         relay: list[dict] = []
+        app_cpu = 0.0
         for i in range(REPEATS):
             direct += procs.run_load(spec("direct", upstream_port, 1, seed=i))["results"]
+            before = procs.cpu_seconds(app.pid)
             relay += procs.run_load(spec("relay", app.port, 1, csrf, seed=i))["results"]
+            app_cpu += procs.cpu_seconds(app.pid) - before
     errors = sum(not r["ok"] for r in direct + relay)
     d_ttft = statistics.median(r["ttft"] for r in direct if r["ok"])
     r_ttft = statistics.median(r["ttft"] for r in relay if r["ok"])
@@ -100,11 +107,22 @@ def overhead(upstream_port: int) -> list[Row]:
             ratio <= 1.02,
         ),
         Row(section, "streams with wrong text or errors", str(errors), "", "0", errors == 0),
+        Row(
+            section,
+            "app CPU per 1,000 tokens, one stream at a time",
+            f"{app_cpu / (REPEATS * TOKENS / 1000) * 1000:.1f} ms",
+            f"{app_cpu:.2f} CPU-s over {REPEATS} runs (request, stream and final render)",
+            "≤ 25 ms",
+            app_cpu / (REPEATS * TOKENS / 1000) <= 0.025,
+        ),
     ]
 
 
-def concurrency(upstream_port: int, levels: tuple[int, ...] = LEVELS) -> tuple[list[Row], dict]:
+def concurrency(
+    upstream: procs.Upstream, levels: tuple[int, ...] = LEVELS
+) -> tuple[list[Row], dict]:
     """Section 2: N simultaneous streams against one fresh worker per level."""
+    upstream_port = upstream.port
     rows: list[Row] = []
     raw: dict = {}
     for streams in levels:
@@ -115,18 +133,32 @@ def concurrency(upstream_port: int, levels: tuple[int, ...] = LEVELS) -> tuple[l
             csrf = csrf_token(app)
             for _ in range(3):  # warm-up: imports, templates, the client's pool
                 procs.run_load(spec("relay", app.port, 4, csrf))
+            # What one request costs the worker before any token: N arrivals at once queue for it.
+            before = procs.cpu_seconds(app.pid)
+            procs.run_load(spec("relay", app.port, streams, csrf, seed=30_000, tokens=1))
+            per_request = (procs.cpu_seconds(app.pid) - before) / streams
             direct = procs.run_load(spec("direct", upstream_port, streams, seed=10_000))
             rss_before = procs.rss_bytes(app.pid)
-            cpu_before = procs.cpu_seconds(app.pid)
+            before = snapshot(app.pid, upstream.pid)
             with procs.PeakRss(app.pid) as peak:
                 relay = procs.run_load(spec("relay", app.port, streams, csrf, seed=20_000))
-            cpu = procs.cpu_seconds(app.pid) - cpu_before
-        rows += level_rows(streams, direct, relay, cpu, peak.peak - rss_before)
-        raw[streams] = {"direct": direct, "relay": relay, "cpu": cpu}
+            used = {k: v - before[k] for k, v in snapshot(app.pid, upstream.pid).items()}
+        rows += level_rows(streams, direct, relay, used, peak.peak - rss_before)
+        raw[streams] = {"direct": direct, "relay": relay, "used": used, "per_request": per_request}
     return rows, raw
 
 
-def level_rows(streams: int, direct: dict, relay: dict, cpu: float, rss_delta: int) -> list[Row]:
+def snapshot(app_pid: int, upstream_pid: int) -> dict[str, float]:
+    return {
+        "app": procs.cpu_seconds(app_pid),
+        "upstream": procs.cpu_seconds(upstream_pid),
+        "machine": procs.machine_busy(),
+        "stall": procs.cpu_stall(),
+    }
+
+
+def level_rows(streams: int, direct: dict, relay: dict, used: dict, rss_delta: int) -> list[Row]:
+    cpu = used["app"]
     ok = [r for r in relay["results"] if r["ok"]]
     errors = streams - len(ok)
     d_ok = [r for r in direct["results"] if r["ok"]]
@@ -175,6 +207,15 @@ def level_rows(streams: int, direct: dict, relay: dict, cpu: float, rss_delta: i
         ),
         Row(
             section,
+            "machine CPU during the relay run",
+            f"{used['machine'] / relay['wall']:.2f} cores busy",
+            f"app {used['app']:.1f}, upstream {used['upstream']:.1f}, client "
+            f"{relay['client_cpu']:.1f}, other processes "
+            f"{used['machine'] - used['app'] - used['upstream'] - relay['client_cpu']:.1f} CPU-s; "
+            f"some task waiting for a CPU {used['stall'] / relay['wall']:.0%} of the time",
+        ),
+        Row(
+            section,
             "memory per open stream",
             f"{rss_delta / streams / 1024:.0f} KiB",
             f"peak RSS +{rss_delta / 2**20:.1f} MiB",
@@ -182,3 +223,98 @@ def level_rows(streams: int, direct: dict, relay: dict, cpu: float, rss_delta: i
             None,
         ),
     ]
+
+
+def parse_cost(alternatives: int) -> float:
+    """CPU-seconds per token of the client's read path alone, in this process: SSE framing,
+    json.loads and the Delta/Token/Alternative objects (best of 5, so other load on the machine
+    inflates it least)."""
+    from bench.upstream import frame, token_texts
+    from playground import completions
+    from playground.backends import Backend
+
+    backend = Backend(id="bench", label="bench", kind="openai", model="bench")
+    request = completions.CompletionRequest(model="bench", prompt="p", max_tokens=TOKENS)
+    frames = [frame(i, t, 0, alternatives) for i, t in enumerate(token_texts(1, TOKENS))]
+
+    def read_all() -> None:
+        parser = completions.SSEParser()
+        assembler = completions.TokenAssembler()
+        for chunk in frames:
+            for data in parser.feed(chunk):
+                completions._delta(completions._parse_chunk(data, backend, request), assembler)
+
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        for _ in range(4):
+            read_all()
+        best = min(best, (time.process_time() - started) / (4 * TOKENS))
+    return best
+
+
+def render_cost() -> float:
+    """CPU-seconds per token of the final render of a TOKENS-token run (best of 5)."""
+    from bench.render import completion_tokens
+    from playground.completions import LogprobStatus
+    from playground.rendering import render_completion
+
+    tokens = completion_tokens()[:TOKENS]
+    text = "".join(t.text for t in tokens)
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        render_completion(
+            prompt="def f():\n", tokens=tokens, text=text, logprobs=LogprobStatus.REAL
+        )
+        best = min(best, (time.process_time() - started) / TOKENS)
+    return best
+
+
+def floor(raw: dict) -> list[Row]:
+    """Where the CPU per 1,000 tokens goes, measured apart from the relay."""
+    section = "2 Where the CPU goes"
+    rows = [
+        Row(
+            section,
+            "read path, 5 alternatives",
+            f"{parse_cost(5) * 1e6:.1f} ms",
+            "SSE parse + json.loads + Delta/Token objects, in-process, best of 5",
+        ),
+        Row(
+            section,
+            "read path, 1 alternative",
+            f"{parse_cost(1) * 1e6:.1f} ms",
+            "what 4 fewer alternatives per token would save",
+        ),
+        Row(
+            section,
+            f"final render of a {TOKENS}-token run",
+            f"{render_cost() * 1e6:.1f} ms",
+            "render_completion (in a worker thread, same process)",
+        ),
+    ]
+    for streams, data in raw.items():
+        cost = data["per_request"]
+        rows.append(
+            Row(
+                section,
+                f"app CPU per request, {streams} one-token runs at once",
+                f"{cost * 1000:.2f} ms",
+                f"so the 95th of {streams} simultaneous arrivals waits ≥ "
+                f"{0.95 * streams * cost * 1000:.0f} ms for the worker's one core",
+            )
+        )
+    for streams, data in raw.items():
+        direct = data["direct"]
+        tokens = sum(r["ok"] for r in direct["results"]) * TOKENS
+        if tokens:
+            rows.append(
+                Row(
+                    section,
+                    f"loopback client reading {streams} direct streams",
+                    f"{direct['client_cpu'] / tokens * 1e6:.1f} ms",
+                    "raw asyncio sockets on uvloop: the cheapest reader of these bytes",
+                )
+            )
+    return rows

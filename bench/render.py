@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from bench import procs
 from bench.relay import app_env
 from bench.report import Row
-from bench.upstream import token_texts
+from bench.upstream import real_code_tokens
 
 TOKENS = 4096
 ALTERNATIVES = 5
@@ -37,10 +37,13 @@ CHROMIUM_ARGS = [
 
 
 def completion_tokens():
+    """4,096 tokens of real Python (`upstream.real_code_tokens`), each with a logprob and
+    ALTERNATIVES alternatives, as the upstream sends them."""
     from playground.completions import Alternative, Token
 
+    pieces = real_code_tokens(TOKENS)
     tokens = []
-    for i, text in enumerate(token_texts(7, TOKENS)):
+    for i, text in enumerate(pieces):
         logprob = -((i * 37) % 100) / 40
         alternatives = [Alternative(text=text, logprob=logprob)]
         alternatives += [
@@ -56,7 +59,7 @@ def server_render() -> list[Row]:
 
     tokens = completion_tokens()
     text = "".join(t.text for t in tokens)
-    prompt = "def fibonacci(n):\n"
+    prompt = "import difflib\n\n"
 
     def render():
         return render_completion(
@@ -153,7 +156,7 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
-def browser(upstream_port: int) -> list[Row]:
+def browser(upstream: procs.Upstream) -> list[Row]:
     from playwright.sync_api import expect, sync_playwright
 
     if not Path(CHROMIUM).exists():
@@ -161,7 +164,7 @@ def browser(upstream_port: int) -> list[Row]:
     rows: list[Row] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
-        procs.app(Path(tmp), **app_env(upstream_port)) as app,
+        procs.app(Path(tmp), **app_env(upstream.port)) as app,
         sync_playwright() as playwright,
     ):
         chromium = launch(playwright)
@@ -179,7 +182,7 @@ def long_completion(chromium, url: str, expect) -> list[Row]:
     page = context.new_page()
     page.goto(url + "/")
     page.get_by_label("Model", exact=True).select_option("completions")
-    page.locator("#id_prompt").fill("def fibonacci(n):\n    # delay_ms=0\n")
+    page.locator("#id_prompt").fill("import difflib\n\n# delay_ms=0 corpus=difflib\n")
     page.locator("#id_max_tokens").fill(str(TOKENS))
     page.locator("#id_logprobs").fill(str(ALTERNATIVES))
     page.evaluate(WATCH)

@@ -19,6 +19,7 @@ import json
 import re
 import sys
 from json.encoder import encode_basestring
+from pathlib import Path
 
 _DELAY = re.compile(r"delay_ms=([0-9.]+)")
 
@@ -32,6 +33,17 @@ def token_texts(seed: int, count: int) -> list[str]:
         tokens += [f" {i}", ")", "\n"]
         i += 1
     return tokens[:count]
+
+
+def real_code_tokens(count: int) -> list[str]:
+    """`count` tokens of real Python: the standard library's difflib from its first `def`, cut
+    into the offline model's tokens (asked for with `corpus=difflib` in the prompt)."""
+    import difflib
+
+    from playground.offline.tokenizer import tokenize
+
+    source = Path(difflib.__file__).read_text()
+    return tokenize(source[source.index("\ndef ") + 1 :])[:count]
 
 
 def expected_text(seed: int, count: int) -> str:
@@ -102,7 +114,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, del
         loop = asyncio.get_running_loop()
         start = loop.time()
         offset = 0
-        for index, token in enumerate(token_texts(seed, count)):
+        prompt = body.get("prompt", "")
+        texts = real_code_tokens(count) if "corpus=difflib" in prompt else token_texts(seed, count)
+        for index, token in enumerate(texts):
             if pace > 0:
                 # Absolute schedule: a late wake-up does not push every later token back.
                 wait = start + (index + 1) * pace - loop.time()
