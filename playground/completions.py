@@ -895,7 +895,11 @@ def _upstream_errors(client: httpx.AsyncClient, backend: Backend) -> Iterator[No
 
 
 async def stream_completion(
-    client: httpx.AsyncClient, backend: Backend, request: CompletionRequest
+    client: httpx.AsyncClient,
+    backend: Backend,
+    request: CompletionRequest,
+    *,
+    read_interval: float = 0.0,
 ) -> AsyncIterator[Delta]:
     """Stream one completion as `Delta`s, one per upstream JSON chunk.
 
@@ -904,6 +908,11 @@ async def stream_completion(
     and so is the upstream connection. Consume it with `contextlib.aclosing` so that happens
     promptly. Raises `UpstreamError` only, possibly after some deltas; the run as a whole is
     bounded by `settings.UPSTREAM_TOTAL_TIMEOUT`.
+
+    `read_interval` > 0: once text has arrived, a read that found less than a socket buffer's
+    worth is followed by a pause of that long, so the next read takes the several chunks that
+    arrived meanwhile in one go. A read and its wake-up cost more than parsing a chunk, and a
+    paced upstream sends one chunk per token (docs/PERFORMANCE.md).
     """
     deadline, limit = _deadline()
     with _upstream_errors(client, backend):
@@ -932,6 +941,7 @@ async def stream_completion(
             parser = SSEParser()
             assembler = TokenAssembler()
             finished = False
+            text_seen = False
             while True:
                 async with _within(deadline, limit):
                     chunk = await anext(chunks, None)
@@ -944,14 +954,22 @@ async def stream_completion(
                         continue
                     delta = _delta(_parse_chunk(data, backend, request), assembler)
                     finished = finished or delta.finish_reason is not None
+                    text_seen = text_seen or bool(delta.text)
                     yield delta
                 if chunk is None:
                     break
+                if read_interval and text_seen and len(chunk) < _SMALL_READ:
+                    await asyncio.sleep(read_interval)  # the next read checks the deadline
             # [DONE] is a convention, not a guarantee: a finish_reason already said it is over.
             if not finished:
                 raise UpstreamError(
                     ErrorKind.PROTOCOL, "The stream ended before the completion finished."
                 )
+
+
+# A read below this size means the upstream is slower than we read: waiting costs no throughput.
+# (httpcore reads up to 64 KiB at a time; an unpaced upstream fills that.)
+_SMALL_READ = 16 * 1024
 
 
 def _parse_chunk(data: str, backend: Backend, request: CompletionRequest) -> Mapping[str, Any]:
