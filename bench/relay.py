@@ -111,9 +111,8 @@ def overhead(upstream: procs.Upstream) -> list[Row]:
             section,
             "app CPU per 1,000 tokens, one stream at a time",
             f"{app_cpu / (REPEATS * TOKENS / 1000) * 1000:.1f} ms",
-            f"{app_cpu:.2f} CPU-s over {REPEATS} runs (request, stream and final render)",
-            "≤ 25 ms",
-            app_cpu / (REPEATS * TOKENS / 1000) <= 0.025,
+            f"{app_cpu:.2f} CPU-s over {REPEATS} runs (request, stream and final render); "
+            "the target is for many streams (section 2)",
         ),
     ]
 
