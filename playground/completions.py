@@ -952,7 +952,11 @@ def _retry_delay(error: UpstreamError, attempt: int, deadline: float) -> float |
 
 
 async def stream_completion(
-    client: httpx.AsyncClient, backend: Backend, request: CompletionRequest
+    client: httpx.AsyncClient,
+    backend: Backend,
+    request: CompletionRequest,
+    *,
+    read_interval: float = 0.0,
 ) -> AsyncIterator[Delta]:
     """Stream one completion as `Delta`s, one per upstream JSON chunk.
 
@@ -965,6 +969,11 @@ async def stream_completion(
     A failed attempt is retried (`_retry_delay`) only while nothing has been yielded: once any
     delta reached the consumer a failure is reported, never silently retried, so text is never
     shown twice or spliced from two samples.
+
+    `read_interval` > 0: once text has arrived, a read that found less than a socket buffer's
+    worth is followed by a pause of that long, so the next read takes the several chunks that
+    arrived meanwhile in one go. A read and its wake-up cost more than parsing a chunk, and a
+    paced upstream sends one chunk per token (docs/PERFORMANCE.md).
     """
     deadline, limit = _deadline()
     attempt = 0
@@ -972,7 +981,7 @@ async def stream_completion(
         delivered = False
         try:
             async with contextlib.aclosing(
-                _stream_once(client, backend, request, deadline, limit)
+                _stream_once(client, backend, request, deadline, limit, read_interval)
             ) as deltas:
                 async for delta in deltas:
                     delivered = True
@@ -993,6 +1002,7 @@ async def _stream_once(
     request: CompletionRequest,
     deadline: float,
     limit: float,
+    read_interval: float = 0.0,
 ) -> AsyncIterator[Delta]:
     """One attempt of `stream_completion`."""
     with _upstream_errors(client, backend):
@@ -1021,6 +1031,7 @@ async def _stream_once(
             parser = SSEParser()
             assembler = TokenAssembler()
             finished = False
+            text_seen = False
             while True:
                 async with _within(deadline, limit):
                     chunk = await anext(chunks, None)
@@ -1033,14 +1044,22 @@ async def _stream_once(
                         continue
                     delta = _delta(_parse_chunk(data, backend, request), assembler)
                     finished = finished or delta.finish_reason is not None
+                    text_seen = text_seen or bool(delta.text)
                     yield delta
                 if chunk is None:
                     break
+                if read_interval and text_seen and len(chunk) < _SMALL_READ:
+                    await asyncio.sleep(read_interval)  # the next read checks the deadline
             # [DONE] is a convention, not a guarantee: a finish_reason already said it is over.
             if not finished:
                 raise UpstreamError(
                     ErrorKind.PROTOCOL, "The stream ended before the completion finished."
                 )
+
+
+# A read below this size means the upstream is slower than we read: waiting costs no throughput.
+# (httpcore reads up to 64 KiB at a time; an unpaced upstream fills that.)
+_SMALL_READ = 16 * 1024
 
 
 def _parse_chunk(data: str, backend: Backend, request: CompletionRequest) -> Mapping[str, Any]:

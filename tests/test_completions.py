@@ -550,6 +550,29 @@ def test_stream_gives_identical_deltas_for_every_split_point():
         assert deltas == RECORDED_DELTAS, f"split at {i}"
 
 
+def test_reading_at_an_interval_gives_the_same_deltas_and_pauses_only_after_text(monkeypatch):
+    pauses: list[float] = []
+
+    async def pause(seconds):
+        pauses.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", pause)
+    size = len(RECORDED) // 8 + 1
+    pieces = [RECORDED[i : i + size] for i in range(0, len(RECORDED), size)]
+
+    async def go():
+        transport = httpx.MockTransport(lambda request: sse_response(pieces))
+        async with make_client(transport=transport) as client:
+            stream = stream_completion(client, backend_for(), REQUEST, read_interval=0.025)
+            async with contextlib.aclosing(stream) as deltas:
+                return [delta async for delta in deltas]
+
+    assert asyncio.run(go()) == RECORDED_DELTAS
+    assert pauses, "small reads after the first text are followed by a pause"
+    assert set(pauses) == {0.025}
+    assert len(pauses) < len(pieces)
+
+
 @pytest.mark.parametrize(
     ("sent", "normalised"),
     [("eos_token", "stop"), ("stop_sequence", "stop"), ("length", "length"), ("stop", "stop")],

@@ -1,0 +1,319 @@
+"""Sections 1 and 2: what the relay adds to a stream, alone and with many at once.
+
+The baseline is the same request sent straight to the same upstream, by the same load
+generator, in the same run. Time to first token is measured at the client: for the relay, from
+opening the connection to the first `data: <span>` event (the first streamed text; the `run-start`
+event before it carries none); directly, to the first `data: {` chunk.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import procs
+from bench.report import Row
+
+TOKENS = 512
+DELAY_MS = 5.0
+REPEATS = 25
+LEVELS = (50, 200, 500)
+
+
+def app_env(upstream_port: int) -> dict[str, str]:
+    return {
+        "COMPLETIONS_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+        "COMPLETIONS_MODEL": "default",
+        "PLAYGROUND_MAX_TOKENS": "4096",
+        # The default pool (100) would queue the 200- and 500-stream levels behind each other;
+        # a deployment expecting that many streams per worker raises it the same way.
+        "UPSTREAM_MAX_CONNECTIONS": "1000",
+    }
+
+
+def csrf_token(app: procs.App) -> str:
+    response = httpx.get(app.url + "/", timeout=30)
+    response.raise_for_status()
+    return response.cookies["csrftoken"]
+
+
+def spec(
+    mode: str, port: int, streams: int, csrf: str = "", seed: int = 1, tokens: int = TOKENS
+) -> dict:
+    return {
+        "mode": mode,
+        "port": port,
+        "streams": streams,
+        "tokens": tokens,
+        "delay_ms": DELAY_MS,
+        "seed": seed,
+        "csrf": csrf,
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def overhead(upstream: procs.Upstream) -> list[Row]:
+    """Section 1: one stream at a time, relay and direct interleaved, REPEATS of each."""
+    upstream_port = upstream.port
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        procs.app(Path(tmp), **app_env(upstream_port)) as app,
+    ):
+        csrf = csrf_token(app)
+        procs.run_load(spec("relay", app.port, 1, csrf))  # warm-up: templates, client pool
+        direct: list[dict] = []
+        relay: list[dict] = []
+        app_cpu = 0.0
+        for i in range(REPEATS):
+            direct += procs.run_load(spec("direct", upstream_port, 1, seed=i))["results"]
+            before = procs.cpu_seconds(app.pid)
+            relay += procs.run_load(spec("relay", app.port, 1, csrf, seed=i))["results"]
+            app_cpu += procs.cpu_seconds(app.pid) - before
+    errors = sum(not r["ok"] for r in direct + relay)
+    d_ttft = statistics.median(r["ttft"] for r in direct if r["ok"])
+    r_ttft = statistics.median(r["ttft"] for r in relay if r["ok"])
+    d_total = statistics.median(r["total"] for r in direct if r["ok"])
+    r_total = statistics.median(r["total"] for r in relay if r["ok"])
+    ttft_over = r_ttft - d_ttft
+    ratio = r_total / d_total
+    section = "1 Relay overhead"
+    return [
+        Row(
+            section,
+            f"TTFT overhead, median of {REPEATS}",
+            f"{ttft_over * 1000:+.2f} ms",
+            f"relay {ms(r_ttft)} vs direct {ms(d_ttft)}",
+            "≤ 5 ms",
+            ttft_over <= 0.005,
+        ),
+        Row(
+            section,
+            f"{TOKENS}-token total, relay / direct",
+            f"{ratio:.4f}×",
+            f"relay {ms(r_total)} vs direct {ms(d_total)}",
+            "≤ 1.02×",
+            ratio <= 1.02,
+        ),
+        Row(section, "streams with wrong text or errors", str(errors), "", "0", errors == 0),
+        Row(
+            section,
+            "app CPU per 1,000 tokens, one stream at a time",
+            f"{app_cpu / (REPEATS * TOKENS / 1000) * 1000:.1f} ms",
+            f"{app_cpu:.2f} CPU-s over {REPEATS} runs (request, stream and final render); "
+            "the target is for many streams (section 2)",
+        ),
+    ]
+
+
+def concurrency(
+    upstream: procs.Upstream, levels: tuple[int, ...] = LEVELS
+) -> tuple[list[Row], dict]:
+    """Section 2: N simultaneous streams against one fresh worker per level."""
+    upstream_port = upstream.port
+    rows: list[Row] = []
+    raw: dict = {}
+    for streams in levels:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            procs.app(Path(tmp), **app_env(upstream_port)) as app,
+        ):
+            csrf = csrf_token(app)
+            for _ in range(3):  # warm-up: imports, templates, the client's pool
+                procs.run_load(spec("relay", app.port, 4, csrf))
+            # What one request costs the worker before any token: N arrivals at once queue for it.
+            before = procs.cpu_seconds(app.pid)
+            procs.run_load(spec("relay", app.port, streams, csrf, seed=30_000, tokens=1))
+            per_request = (procs.cpu_seconds(app.pid) - before) / streams
+            direct = procs.run_load(spec("direct", upstream_port, streams, seed=10_000))
+            rss_before = procs.rss_bytes(app.pid)
+            before = snapshot(app.pid, upstream.pid)
+            with procs.PeakRss(app.pid) as peak:
+                relay = procs.run_load(spec("relay", app.port, streams, csrf, seed=20_000))
+            used = {k: v - before[k] for k, v in snapshot(app.pid, upstream.pid).items()}
+        rows += level_rows(streams, direct, relay, used, peak.peak - rss_before)
+        raw[streams] = {"direct": direct, "relay": relay, "used": used, "per_request": per_request}
+    return rows, raw
+
+
+def snapshot(app_pid: int, upstream_pid: int) -> dict[str, float]:
+    return {
+        "app": procs.cpu_seconds(app_pid),
+        "upstream": procs.cpu_seconds(upstream_pid),
+        "machine": procs.machine_busy(),
+        "stall": procs.cpu_stall(),
+    }
+
+
+def level_rows(streams: int, direct: dict, relay: dict, used: dict, rss_delta: int) -> list[Row]:
+    cpu = used["app"]
+    ok = [r for r in relay["results"] if r["ok"]]
+    errors = streams - len(ok)
+    d_ok = [r for r in direct["results"] if r["ok"]]
+    d_ttfts = [r["ttft"] for r in d_ok]
+    r_ttfts = [r["ttft"] for r in ok] or [float("nan")]
+    p50 = statistics.median(r_ttfts) - statistics.median(d_ttfts)
+    p95 = percentile(r_ttfts, 0.95) - percentile(d_ttfts, 0.95)
+    tokens = len(ok) * TOKENS
+    rate = tokens / relay["wall"]
+    direct_rate = len(d_ok) * TOKENS / direct["wall"]
+    cpu_per_k = cpu / (tokens / 1000) if tokens else float("nan")
+    section = f"2 Concurrency, {streams} streams"
+    target_level = streams == 200
+    return [
+        Row(
+            section,
+            "TTFT overhead median / p95",
+            f"{p50 * 1000:.1f} / {p95 * 1000:.1f} ms",
+            f"direct p95 {ms(percentile(d_ttfts, 0.95))}",
+            "p95 ≤ 50 ms" if target_level else "",
+            p95 <= 0.050 if target_level else None,
+        ),
+        Row(
+            section,
+            "errors or mixed streams",
+            str(errors),
+            f"direct: {streams - len(d_ok)}",
+            "0" if target_level else "",
+            errors == 0 if target_level else None,
+        ),
+        Row(
+            section,
+            "tokens/s delivered",
+            f"{rate:,.0f}",
+            f"direct {direct_rate:,.0f} ({rate / direct_rate:.2f}×)",
+            "",
+            None,
+        ),
+        Row(
+            section,
+            "app CPU per 1,000 tokens",
+            f"{cpu_per_k * 1000:.1f} ms",
+            f"{cpu:.2f} CPU-s; client {relay['client_cpu']:.2f} CPU-s",
+            "≤ 25 ms",
+            cpu_per_k <= 0.025,
+        ),
+        Row(
+            section,
+            "machine CPU during the relay run",
+            f"{used['machine'] / relay['wall']:.2f} cores busy",
+            f"app {used['app']:.1f}, upstream {used['upstream']:.1f}, client "
+            f"{relay['client_cpu']:.1f}, other processes "
+            f"{used['machine'] - used['app'] - used['upstream'] - relay['client_cpu']:.1f} CPU-s; "
+            f"some task waiting for a CPU {used['stall'] / relay['wall']:.0%} of the time",
+        ),
+        Row(
+            section,
+            "memory per open stream",
+            f"{rss_delta / streams / 1024:.0f} KiB",
+            f"peak RSS +{rss_delta / 2**20:.1f} MiB",
+            "",
+            None,
+        ),
+    ]
+
+
+def parse_cost(alternatives: int) -> float:
+    """CPU-seconds per token of the client's read path alone, in this process: SSE framing,
+    json.loads and the Delta/Token/Alternative objects (best of 5, so other load on the machine
+    inflates it least)."""
+    from bench.upstream import frame, token_texts
+    from playground import completions
+    from playground.backends import Backend
+
+    backend = Backend(id="bench", label="bench", kind="openai", model="bench")
+    request = completions.CompletionRequest(model="bench", prompt="p", max_tokens=TOKENS)
+    frames = [frame(i, t, 0, alternatives) for i, t in enumerate(token_texts(1, TOKENS))]
+
+    def read_all() -> None:
+        parser = completions.SSEParser()
+        assembler = completions.TokenAssembler()
+        for chunk in frames:
+            for data in parser.feed(chunk):
+                completions._delta(completions._parse_chunk(data, backend, request), assembler)
+
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        for _ in range(4):
+            read_all()
+        best = min(best, (time.process_time() - started) / (4 * TOKENS))
+    return best
+
+
+def render_cost() -> float:
+    """CPU-seconds per token of the final render of a TOKENS-token run (best of 5)."""
+    from bench.render import completion_tokens
+    from playground.completions import LogprobStatus
+    from playground.rendering import render_completion
+
+    tokens = completion_tokens()[:TOKENS]
+    text = "".join(t.text for t in tokens)
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        render_completion(
+            prompt="def f():\n", tokens=tokens, text=text, logprobs=LogprobStatus.REAL
+        )
+        best = min(best, (time.process_time() - started) / TOKENS)
+    return best
+
+
+def floor(raw: dict) -> list[Row]:
+    """Where the CPU per 1,000 tokens goes, measured apart from the relay."""
+    section = "2 Where the CPU goes"
+    rows = [
+        Row(
+            section,
+            "read path, 5 alternatives",
+            f"{parse_cost(5) * 1e6:.1f} ms",
+            "SSE parse + json.loads + Delta/Token objects, in-process, best of 5",
+        ),
+        Row(
+            section,
+            "read path, 1 alternative",
+            f"{parse_cost(1) * 1e6:.1f} ms",
+            "what 4 fewer alternatives per token would save",
+        ),
+        Row(
+            section,
+            f"final render of a {TOKENS}-token run",
+            f"{render_cost() * 1e6:.1f} ms",
+            "render_completion (in a worker thread, same process)",
+        ),
+    ]
+    for streams, data in raw.items():
+        cost = data["per_request"]
+        rows.append(
+            Row(
+                section,
+                f"app CPU per request, {streams} one-token runs at once",
+                f"{cost * 1000:.2f} ms",
+                f"so the 95th of {streams} simultaneous arrivals waits ≥ "
+                f"{0.95 * streams * cost * 1000:.0f} ms for the worker's one core",
+            )
+        )
+    for streams, data in raw.items():
+        direct = data["direct"]
+        tokens = sum(r["ok"] for r in direct["results"]) * TOKENS
+        if tokens:
+            rows.append(
+                Row(
+                    section,
+                    f"loopback client reading {streams} direct streams",
+                    f"{direct['client_cpu'] / tokens * 1e6:.1f} ms",
+                    "raw asyncio sockets on uvloop: the cheapest reader of these bytes",
+                )
+            )
+    return rows
