@@ -42,14 +42,25 @@ def redact(text: str) -> str:
     return text
 
 
+def _clean(value: object) -> object:
+    """One log argument, masked. Numbers stay numbers and the tuple keeps its shape: formatters
+    such as uvicorn's access log unpack `record.args` and format them themselves."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, int | float):
+        return value
+    text = str(value)  # an object (headers, a URL, an exception) is logged as its text
+    cleaned = redact(text)
+    return value if cleaned == text else cleaned
+
+
 class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string: keep what there is
-            message = str(record.msg)
-        record.msg = redact(message)
-        record.args = None
+        record.msg = _clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_clean(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: _clean(arg) for key, arg in record.args.items()}
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

@@ -86,6 +86,9 @@ def test_a_generation_at_debug_logs_no_key(tmp_path, upstream):
             client.post("/generate", data={"prompt": "x"}, timeout=0.001)
         log = "".join(app.log)
     assert "HTTP Request: POST" in log  # httpx did log at DEBUG/INFO: the test saw its output
+    # The filter keeps each record formattable: uvicorn's access log unpacks its arguments.
+    assert "Logging error" not in log
+    assert '"POST /generate HTTP/1.1" 200' in log
     assert upstream.requests[0].headers["authorization"] == f"Bearer {OTHER}"
     for secret in (OTHER, KEY):
         assert secret not in log
