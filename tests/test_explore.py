@@ -269,3 +269,32 @@ def test_explore_pages_keep_hostile_output_inert(name):
         assert visible(payload).replace("\n", "") in "".join(found.text).replace("\n", "") or (
             name == "nul"
         ), page
+
+
+def test_the_tree_survives_export_and_import_and_a_share_page_shows_it_read_only():
+    from playground import transfer
+
+    parent = owned_run("joy")
+    Run.objects.create(
+        user=parent.user, session=parent.session, parent_run=parent, branch_index=2,
+        status="complete", text="x", prompt="p",
+    )  # fmt: skip
+    data = transfer.export_session(parent.session)
+    assert data["runs"][1]["branch"] == {"parent": 0, "index": 2}
+    assert "branch" not in data["runs"][0]
+    copy = transfer.import_session(data, {"user": parent.user})
+    assert transfer.export_session(copy)["runs"] == data["runs"]
+    child = copy.runs.get(parent_run__isnull=False)
+    assert (child.parent_run.session_id, child.branch_index) == (copy.pk, 2)
+    with pytest.raises(transfer.ImportError_):
+        transfer.import_session(
+            {**data, "runs": [{**data["runs"][1], "branch": {"parent": 5, "index": 0}}]},
+            {"user": parent.user},
+        )
+
+    client = signed_in("joy")
+    client.post(f"/sessions/{parent.session_id}/links")
+    html = Client().get(f"/share/{ShareLink.objects.get().token}/").content.decode()
+    assert 'aria-label="Tree of runs"' in html
+    assert "Run 2: a branch of run 1 at token 2." in html
+    assert "data-run-id" not in html  # read-only: no branch buttons
