@@ -23,6 +23,7 @@ from django import db, forms
 from django.db import transaction
 
 from playground.backends import get_backend
+from playground.branching import navigator
 from playground.completions import Alternative, LogprobStatus, Token
 from playground.forms import GenerateForm, encode_stop
 from playground.models import Run as RunRecord
@@ -113,8 +114,20 @@ def status_of(run, *, stopped: bool) -> str:
     return RunStatus.STOPPED if stopped else RunStatus.COMPLETE
 
 
-def make_recorder(owner: Owner, session_id: int | None, params: dict):
-    """The callback `streaming.relay` calls when a run ends: saves it, returns the record."""
+def make_recorder(
+    owner: Owner,
+    session_id: int | None,
+    params: dict,
+    *,
+    parent_id: int | None = None,
+    branch_index: int | None = None,
+):
+    """The callback `streaming.relay` calls when a run ends: saves it, returns the record.
+
+    A branch (see `branching.py`) names its parent run and the token it branched at. The record
+    comes back with `branch_nav`, the navigator's rows, computed here in the worker thread so
+    that the stream's final message needs no database query on the event loop.
+    """
 
     def save(run, stopped: bool) -> RunRecord:
         end = run.ended_at or run.started
@@ -141,10 +154,13 @@ def make_recorder(owner: Owner, session_id: int | None, params: dict):
                 status=status_of(run, stopped=stopped),
                 error_kind=run.error.kind.value if run.error else "",
                 error_message=run.error.message if run.error else "",
+                parent_run_id=parent_id,
+                branch_index=branch_index,
             )
             if session_id is not None:
                 # Touch the session so the list shows it as recently used.
                 record.session.save(update_fields=["updated_at"])
+        record.branch_nav = navigator(record) if parent_id is not None else []
         return record
 
     def save_and_close(run, stopped: bool) -> RunRecord:

@@ -44,7 +44,13 @@ def export_run(run: Run) -> dict:
 
 
 def export_session(session: Session) -> dict:
-    runs = session.runs.order_by("created_at", "id")
+    runs = list(session.runs.order_by("created_at", "id"))
+    exported = [export_run(run) for run in runs]
+    # The tree of runs (branching.py): a branch names its parent by position in this list.
+    position = {run.pk: n for n, run in enumerate(runs)}
+    for run, data in zip(runs, exported, strict=True):
+        if run.parent_run_id in position and run.branch_index is not None:
+            data["branch"] = {"parent": position[run.parent_run_id], "index": run.branch_index}
     return {
         "format": FORMAT,
         "name": session.name,
@@ -54,7 +60,7 @@ def export_session(session: Session) -> dict:
         "model": session.model,
         "created_at": session.created_at.isoformat(),
         "updated_at": session.updated_at.isoformat(),
-        "runs": [export_run(run) for run in runs],
+        "runs": exported,
     }
 
 
@@ -99,6 +105,16 @@ def _check_run(data: object) -> dict:
         else:
             run[name] = _text(data, name)
     run["created_at"] = _when(data.get("created_at"))
+    branch = data.get("branch")
+    if branch is not None:
+        parent, index = (
+            (branch.get("parent"), branch.get("index"))
+            if isinstance(branch, dict)
+            else (None, None)
+        )
+        if not (isinstance(parent, int) and isinstance(index, int) and parent >= 0 and index >= 0):
+            raise ImportError_("A run's branch must name its parent run and token.")
+        run["branch"] = (parent, index)
     return run
 
 
@@ -121,9 +137,16 @@ def import_session(data: object, owner_fields: dict, *, name: str | None = None)
             model=_text(data, "model", 200),
             visibility=Visibility.PRIVATE,
         )
+        records: list[Run] = []
         for run in checked:
             created_at = run.pop("created_at")
+            parent, index = run.pop("branch", (None, None))
+            if parent is not None:
+                if parent >= len(records):
+                    raise ImportError_("A run's branch must name an earlier run.")
+                run.update(parent_run=records[parent], branch_index=index)
             record = Run.objects.create(**owner_fields, session=session, **run)
+            records.append(record)
             if created_at is not None:
                 # auto_now_add ignores a given value: set the original time afterwards.
                 Run.objects.filter(pk=record.pk).update(created_at=created_at)

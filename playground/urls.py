@@ -4,7 +4,7 @@ runs, sharing, export), accounts and the admin, and the offline model's OpenAI-c
 from django.contrib import admin
 from django.urls import include, path
 
-from playground import api, views, workspace
+from playground import api, compare, presenter, views, workspace
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -35,6 +35,12 @@ urlpatterns = [
     path("team/", workspace.gallery, name="gallery"),
     path("share/<str:token>/", workspace.shared, name="shared"),
     path("share/<str:token>/copy", workspace.copy_shared, name="copy-shared"),
+    # Explore and compare: see playground/compare.py and playground/presenter.py.
+    path("compare/", compare.compare_page, name="compare"),
+    path("compare/run", compare.compare_run, name="compare-run"),
+    path("diff/", compare.diff, name="diff"),
+    path("sessions/<int:pk>/present", presenter.present_session, name="present"),
+    path("share/<str:token>/present", presenter.present_shared, name="present-shared"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

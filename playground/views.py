@@ -16,7 +16,17 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from playground import completions, history, limits, offline, owners, probes, streaming, workspace
+from playground import (
+    branching,
+    completions,
+    history,
+    limits,
+    offline,
+    owners,
+    probes,
+    streaming,
+    workspace,
+)
 from playground.backends import Backend, configured_backends, default_backend, resolve
 from playground.forms import DEFAULTS, MAX_STOP_SEQUENCES, GenerateForm, encode_stop
 from playground.models import Session
@@ -97,9 +107,23 @@ async def recorder_for(request: HttpRequest, form: GenerateForm):
     return history.make_recorder(owner, session_id, history.params_from_cleaned(form.cleaned_data))
 
 
+def branching_recorder(owner: owners.Owner, form: GenerateForm, branch: branching.Branch):
+    """A branch is saved in its parent's session, as a child of the parent at its token."""
+    return history.make_recorder(
+        owner,
+        branch.parent.session_id,
+        history.params_from_cleaned(form.cleaned_data),
+        parent_id=branch.parent.pk,
+        branch_index=branch.index,
+    )
+
+
 @require_POST
 async def generate(request: HttpRequest) -> HttpResponse:
-    form = GenerateForm(request.POST)
+    # A branch from an alternative token: the request is rebuilt from the owner's parent run.
+    owner = await owners.aowner_of(request)
+    branch = await branching.branch_from_post(request, owner)
+    form = branch.form if branch else GenerateForm(request.POST)
     if not form.is_valid():
         # An unknown backend or model id (a URL, a stale page) is a bad request, not a field to
         # fix: 400, and nothing is sent anywhere. Other invalid input is a 422 with messages.
@@ -110,7 +134,10 @@ async def generate(request: HttpRequest) -> HttpResponse:
         # content is empty the live output is left alone; each message lands beside its field.
         return render(request, f"{PAGE}#form-errors", {"form": form}, status=status)
     backend = form.selected_backend
-    record = await recorder_for(request, form)  # the owner's session, else 404
+    if branch:
+        record = branching_recorder(owner, form, branch)
+    else:
+        record = await recorder_for(request, form)  # the owner's session, else 404
     slot = await limits.admit(request)  # before anything reaches the upstream
     if isinstance(slot, limits.Refusal):
         return await refused(request, form, slot)

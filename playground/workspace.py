@@ -348,7 +348,8 @@ def _live_link(token: str) -> ShareLink:
 def render_snapshot(request: HttpRequest, snapshot: dict, *, token: str | None, pk=None):
     snapshot = {"name": "", "prompt": "", "params": {}, "backend": "", "model": "", **snapshot}
     runs = [present(run) for run in reversed(snapshot.get("runs") or [])]
-    context = {"snapshot": snapshot, "runs": runs, "token": token, "team_pk": pk}
+    tree = branch_tree(snapshot.get("runs") or [], runs)
+    context = {"snapshot": snapshot, "runs": runs, "token": token, "team_pk": pk, "tree": tree}
     response = render(request, "playground/shared.html", context)
     response["X-Robots-Tag"] = "noindex, nofollow"
     response["Cache-Control"] = "private, no-store"
@@ -357,6 +358,30 @@ def render_snapshot(request: HttpRequest, snapshot: dict, *, token: str | None, 
         # and keeps the default policy so its own form posts with a real Origin.)
         response["Referrer-Policy"] = "no-referrer"
     return response
+
+
+def branch_tree(exported: list, shown: list) -> list[dict] | None:
+    """The tree of a snapshot's runs (numbered from 1, oldest first), or None without branches.
+
+    Annotates each shown run (newest first) with its number and, for a branch, its parent's
+    number and branch point."""
+    count = len(exported)
+    nodes = [{"number": n + 1, "children": []} for n in range(count)]
+    roots = []
+    for n, data in enumerate(exported):
+        branch = data.get("branch") if isinstance(data, dict) else None
+        shown[count - 1 - n]["number"] = n + 1
+        if (
+            isinstance(branch, dict)
+            and isinstance(branch.get("parent"), int)
+            and (0 <= branch["parent"] < n)
+        ):
+            nodes[branch["parent"]]["children"].append(nodes[n])
+            nodes[n]["index"] = branch.get("index")
+            shown[count - 1 - n]["branch"] = {"parent": branch["parent"] + 1, **nodes[n]}
+        else:
+            roots.append(nodes[n])
+    return roots if len(roots) < count else None
 
 
 @require_GET

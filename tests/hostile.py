@@ -75,11 +75,12 @@ ALLOWED_TAGS = {
     "select", "option", "input", "fieldset", "legend", "code", "pre", "dl", "dt", "dd",
     "strong", "ol", "li", "output", "optgroup", "ul", "a", "nav", "h3", "details", "summary",
     "table", "thead", "tbody", "tr", "th", "td", "time", "mark", "article",
+    "svg", "line", "polyline",  # the confidence chart (playground/overview.py)
 }  # fmt: skip
 # Our own routes an element may point at (the page's links and forms).
 OWN_URLS = (
     "/generate", "/tokens", "/backends/status", "/draft", "/code", "/history", "/sessions/",
-    "/runs/", "/team/", "/share/", "/accounts/", "/admin/", "?run=",
+    "/runs/", "/team/", "/share/", "/accounts/", "/admin/", "?run=", "/compare/", "/diff/",
 )  # fmt: skip
 URL_ATTRIBUTES = {"href", "src", "srcdoc", "action", "formaction", "data", "poster", "xlink:href"}
 

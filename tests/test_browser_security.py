@@ -111,13 +111,25 @@ def test_hostile_output_alternatives_and_prompt_do_nothing(watched, app, upstrea
         page.locator(f'#result .t[data-i="{index}"]').hover()
         expect(page.locator("#tooltip")).to_be_visible()
         assert page.locator("#tooltip img, #tooltip script, #tooltip svg").count() == 0
-    assert page.locator("#output-panel img, #output-panel iframe, #output-panel svg").count() == 0
+    # Our own: the confidence chart (svg.chart) and its jump buttons (button[data-jump]).
     assert (
         page.locator(
-            "#output-panel a, #output-panel button, #output-panel script:not([type])"
+            "#output-panel img, #output-panel iframe, #output-panel svg:not(.chart)"
         ).count()
         == 0
     )
+    assert page.locator("#output-panel svg.chart *").evaluate_all(
+        "nodes => nodes.map(n => n.localName)"
+    ) == ["title", "line", "polyline"]
+    assert (
+        page.locator(
+            "#output-panel a, #output-panel button:not([data-jump]), "
+            "#output-panel script:not([type])"
+        ).count()
+        == 0
+    )
+    buttons = page.locator("#output-panel button[data-jump]")
+    assert buttons.evaluate_all("bs => bs.every(b => /^\\d+$/.test(b.dataset.jump))")
     assert page.evaluate("window.__xss") is None
     assert page.evaluate("window.__csp") == []
     # Nothing typed is lost (a textarea's value has its line ends normalised to LF).

@@ -52,6 +52,57 @@
     return node;
   }
 
+  // The sampling lens: what the run's temperature and top P did to the returned alternatives,
+  // computed from their logprobs (the model's raw distribution, as vLLM and the built-in model
+  // report it), without a new request. Only the top alternatives are known: the rest of the
+  // vocabulary holds the remaining mass R, each of its tokens no likelier than the last one
+  // shown. That bounds the reshaped distribution; where the bounds cannot settle whether top P
+  // keeps a token, the lens says so rather than guess. Penalties are not modelled.
+  function lens(alternatives, attrs) {
+    const T = parseFloat(attrs.temperature);
+    const topP = parseFloat(attrs.topP);
+    if (!(T >= 0) || !(topP >= 0)) return null;
+    const p = alternatives.map(([, lp]) => Math.exp(lp));
+    const fmt = (x) => (x * 100).toFixed(x >= 0.1 ? 1 : 2) + "%";
+    const head = `Lens (temperature ${T}, top P ${topP}): `;
+    if (T === 0) {
+      return { rows: p.map((_, k) => [k ? "0%" : "100%", k > 0]),
+        note: head + "greedy, so only the most likely token can be chosen." };
+    }
+    const rest = Math.max(0, 1 - p.reduce((a, b) => a + b, 0));
+    const w = p.map((x) => Math.pow(x, 1 / T));
+    const known = w.reduce((a, b) => a + b, 0);
+    // Bounds on the unseen tail's reshaped mass Σ p^(1/T): exactly R at T = 1; below 1 at most
+    // min(R^(1/T), R·pmin^(1/T-1)) (no tail token beats the last one shown); above 1 at least
+    // R^(1/T) (x^(1/T) is subadditive there) and unbounded.
+    const a = 1 / T;
+    const tailLo = T > 1 ? Math.pow(rest, a) : T === 1 ? rest : 0;
+    const tailHi = T < 1 ? Math.min(Math.pow(rest, a), rest * Math.pow(Math.min(...p), a - 1))
+      : T === 1 ? rest : Infinity;
+    let before = [0, 0]; // cumulative reshaped mass of the likelier alternatives: [low, high]
+    let unsure = 0;
+    let cut = 0;
+    const rows = w.map((x) => {
+      const lo = x / (known + tailHi);
+      const hi = x / (known + tailLo);
+      let verdict = false;
+      if (topP < 1) {
+        verdict = before[0] >= topP ? true : before[1] < topP ? false : null;
+      }
+      before = [before[0] + lo, before[1] + hi];
+      if (verdict === null) unsure++;
+      if (verdict === true) cut++;
+      const q = hi - lo < 0.0005 ? "→ " + fmt(hi) : lo < 0.0005 ? "→ ≤" + fmt(hi) : `→ ${fmt(lo)}–${fmt(hi)}`;
+      return [q, verdict];
+    });
+    let note = head + (cut ? `top P cuts the ${cut} struck-out alternative${cut > 1 ? "s" : ""}.` : "top P cuts none of these.");
+    if (unsure || alternatives.length < 2) {
+      note = head + "the backend returned too few alternatives to tell which ones top P cuts" +
+        (unsure ? ` (${unsure} marked “?”).` : ".");
+    }
+    return { rows, note };
+  }
+
   let current = null; // the token whose tooltip is shown
 
   function showTooltip(tokenEl) {
@@ -72,27 +123,45 @@
     tip.append(head);
 
     if (alternatives && alternatives.length) {
+      const run = tokenEl.closest("[data-run]");
+      // Branching needs a saved run of this editor: elsewhere (a share page) the list is read-only.
+      const branchable = run.dataset.runId && $("#generate-form");
+      const seen = lens(alternatives, run.dataset);
       const list = el("ol", "tt-alts");
-      list.setAttribute("aria-label", "Top alternatives");
+      list.setAttribute("aria-label", branchable ? "Top alternatives: choose one to branch" : "Top alternatives");
       let chosenListed = false;
-      for (const [altText, altLogprob] of alternatives) {
+      alternatives.forEach(([altText, altLogprob], k) => {
         const item = el("li", "tt-alt");
         const chosen = altText === text;
         if (chosen) {
           item.classList.add("chosen");
           chosenListed = true;
         }
+        const row = el(branchable ? "button" : "span", "tt-row");
+        if (branchable) {
+          row.type = "button";
+          row.dataset.k = k;
+          row.title = "Branch: continue from here with this token";
+        }
         const bar = el("span", "tt-bar");
         bar.style.setProperty("--p", Math.exp(altLogprob).toFixed(4));
-        item.append(el("code", "tt-alt-token", visible(altText)), bar,
+        row.append(el("code", "tt-alt-token", visible(altText)), bar,
           el("span", "tt-alt-prob", percent(altLogprob)));
-        if (chosen) item.append(el("span", "tt-chosen", "chosen"));
+        if (seen) {
+          const [q, cut] = seen.rows[k];
+          row.append(el("span", "tt-lens", q));
+          if (cut === true) item.classList.add("cut");
+          if (cut === null) item.classList.add("unsure");
+        }
+        if (chosen) row.append(el("span", "tt-chosen", "chosen"));
+        item.append(row);
         list.append(item);
-      }
+      });
       tip.append(list);
       if (!chosenListed) {
         tip.append(el("p", "tt-note", "The chosen token was not among the top alternatives."));
       }
+      if (seen) tip.append(el("p", "tt-note tt-lens-note", seen.note));
     }
 
     tip.hidden = false;
@@ -108,7 +177,7 @@
     const width = tip.offsetWidth;
     const height = tip.offsetHeight;
     let left = box.left;
-    let top = box.bottom + margin;
+    let top = box.bottom; // no gap: the pointer moves straight from the token into the tooltip
     if (left + width > window.innerWidth - margin) left = window.innerWidth - width - margin;
     if (top + height > window.innerHeight - margin) top = box.top - height - margin;
     tip.style.left = Math.max(margin, left) + window.scrollX + "px";
@@ -129,17 +198,46 @@
     const token = tokenFrom(event.target);
     if (token && token !== current) showTooltip(token);
   });
+  const inTip = (node) => node instanceof Node && $("#tooltip")?.contains(node);
   document.addEventListener("mouseout", (event) => {
-    const token = tokenFrom(event.target);
-    if (token && token === current && !token.contains(event.relatedTarget)
-        && document.activeElement !== token) hideTooltip();
+    if (!current) return;
+    const from = tokenFrom(event.target) === current || inTip(event.target);
+    const to = event.relatedTarget;
+    if (from && !current.contains(to) && !inTip(to) && document.activeElement !== current
+        && !inTip(document.activeElement)) hideTooltip();
   });
   document.addEventListener("focusin", (event) => {
     const token = tokenFrom(event.target);
     if (token) showTooltip(token);
   });
   document.addEventListener("focusout", (event) => {
-    if (tokenFrom(event.target) === current) hideTooltip();
+    if (!current) return;
+    const to = event.relatedTarget;
+    if ((event.target === current || inTip(event.target)) && to !== current && !inTip(to)) hideTooltip();
+  });
+  // Choosing an alternative branches: a new run from the prompt + the output up to this token
+  // + the alternative, with the run's parameters (the server rebuilds it from the saved run).
+  let branch = null; // sent with the next generate request (see htmx:config:request)
+  let lastBranch = null; // what Regenerate repeats
+  function chooseAlternative(k) {
+    const entry = current && tokenData(current);
+    const run = current && current.closest("[data-run]");
+    const form = $("#generate-form");
+    if (!entry || !entry[2][k] || !run.dataset.runId || !form) return;
+    branch = { parent_run: run.dataset.runId, branch_index: current.dataset.i, branch_text: entry[2][k][0] };
+    hideTooltip();
+    form.requestSubmit();
+  }
+  document.addEventListener("click", (event) => {
+    const row = event.target instanceof Element && event.target.closest("#tooltip button[data-k]");
+    if (row) chooseAlternative(Number(row.dataset.k));
+  });
+  document.addEventListener("htmx:config:request", (event) => {
+    if (event.target.id !== "generate-form") return;
+    const body = event.detail.ctx.request.body;
+    lastBranch = branch;
+    if (branch) for (const [name, value] of Object.entries(branch)) body.set(name, value);
+    branch = null;
   });
   window.addEventListener("resize", () => current && position($("#tooltip"), current));
 
@@ -172,7 +270,15 @@
       return;
     }
     if (event.key === "Escape") {
+      if (inTip(document.activeElement) && current) {
+        const token = current;
+        hideTooltip();
+        token.focus(); // back to the token whose alternatives were open (its tooltip reopens)
+        return;
+      }
       hideTooltip();
+      const help = $("#shortcuts");
+      if (help && !help.hidden) toggleHelp(false);
     }
     const area = event.target;
     if (!(area instanceof HTMLTextAreaElement) || !["id_prompt", "id_suffix"].includes(area.id)) return;
@@ -191,6 +297,131 @@
       return;
     }
     releaseTab = false;
+  });
+
+  // ---------------------------------------------------------------- keyboard shortcuts
+  // Single keys, ignored while typing in a field; the help overlay (`?`) lists them.
+
+  function toggleHelp(open) {
+    const help = $("#shortcuts");
+    if (!help) return;
+    help.hidden = !open;
+    if (open) $("button", help)?.focus();
+  }
+
+  function stepToken(delta) {
+    const tokens = [...document.querySelectorAll("#result [data-run] .t")];
+    if (!tokens.length) return;
+    const at = tokens.indexOf(current || document.activeElement);
+    const next = at < 0 ? (delta > 0 ? 0 : tokens.length - 1) : at + delta;
+    tokens[Math.max(0, Math.min(tokens.length - 1, next))].focus();
+  }
+
+  const SHORTCUTS = {
+    "?": () => toggleHelp($("#shortcuts")?.hidden),
+    g: () => $("#generate-form")?.requestSubmit(),
+    s: () => $("#stop-button:not(:disabled)")?.click(),
+    r: () => { branch = lastBranch; $("#generate-form")?.requestSubmit(); },
+    j: () => stepToken(1),
+    k: () => stepToken(-1),
+    ArrowRight: () => current && stepToken(1),
+    ArrowLeft: () => current && stepToken(-1),
+    a: () => $("#tooltip:not([hidden]) button")?.focus(),
+    t: () => cycleTheme(),
+  };
+
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (event.ctrlKey || event.metaKey || event.altKey || !(target instanceof Element)
+        || target.closest("input, textarea, select, [contenteditable]")) return;
+    let action = SHORTCUTS[event.key];
+    if (/^[1-5]$/.test(event.key) && current) action = () => chooseAlternative(Number(event.key) - 1);
+    if (event.key === "Enter" && tokenFrom(target)) action = SHORTCUTS.a;
+    if (!action) return;
+    event.preventDefault();
+    action();
+  });
+
+  document.addEventListener("click", (event) => {
+    if (!(event.target instanceof Element)) return;
+    if (event.target.closest("[data-close-help]")) toggleHelp(false);
+    if (event.target.closest("#help-button")) toggleHelp(true);
+    if (event.target.closest("#theme-toggle")) cycleTheme();
+    const jump = event.target.closest("[data-jump]");
+    if (!jump) return;
+    // The confidence overview: focus the token (which opens its tooltip) and bring it into view.
+    const token = jump.closest("[data-run]")?.querySelector(`.t[data-i="${jump.dataset.jump}"]`);
+    if (!token) return;
+    token.scrollIntoView({ block: "center" });
+    token.focus({ preventScroll: true });
+  });
+
+  // ---------------------------------------------------------------- theme
+  // The system setting by default; the toggle cycles dark, light and back, kept in localStorage.
+
+  const THEMES = ["system", "dark", "light"];
+  function applyTheme(theme) {
+    if (theme === "system") delete document.documentElement.dataset.theme;
+    else document.documentElement.dataset.theme = theme;
+    const toggle = $("#theme-toggle");
+    if (toggle) toggle.textContent = "Theme: " + theme;
+  }
+  function cycleTheme() {
+    const now = localStorage.getItem("playground-theme") || "system";
+    const next = THEMES[(THEMES.indexOf(now) + 1) % THEMES.length];
+    localStorage.setItem("playground-theme", next);
+    applyTheme(next);
+  }
+  applyTheme(localStorage.getItem("playground-theme") || "system");
+  document.addEventListener("DOMContentLoaded", () => applyTheme(localStorage.getItem("playground-theme") || "system"));
+
+  // ---------------------------------------------------------------- demo mode: replay a saved run
+  // The stored tokens' texts are appended in order, timed like the original stream (its time to
+  // first token, then its decode time spread over the tokens), divided by the chosen speed; at
+  // the end the highlighted result replaces the plain text.
+
+  let replayTimer = 0;
+  function replay() {
+    const box = $("[data-replay]");
+    if (!box) return;
+    clearTimeout(replayTimer);
+    const pieces = JSON.parse($("#replay-data").textContent);
+    const out = $("#replay-text");
+    const final = $(".replay-final", box);
+    out.textContent = "";
+    out.hidden = false;
+    final.hidden = true;
+    delete box.dataset.done;
+    const done = () => {
+      box.dataset.done = "true";
+      out.hidden = true;
+      final.hidden = false;
+    };
+    if (box.dataset.speed === "instant") {
+      out.textContent = pieces.join("");
+      return done();
+    }
+    const speed = parseFloat(box.dataset.speed) || 1;
+    const total = parseFloat(box.dataset.total);
+    const ttft = Math.min(parseFloat(box.dataset.ttft) || 0, 3000);
+    // Without stored timings, a fixed cadence of 30 tokens a second.
+    const each = total > ttft ? (total - ttft) / Math.max(pieces.length, 1) : 1000 / 30;
+    const start = performance.now() + ttft / speed;
+    let shown = 0;
+    const tick = () => {
+      const due = Math.min(pieces.length, Math.floor((performance.now() - start) / (each / speed)) + 1);
+      if (due > shown) {
+        out.append(pieces.slice(shown, due).join(""));
+        shown = due;
+      }
+      if (shown >= pieces.length) return done();
+      replayTimer = setTimeout(tick, Math.max(4, Math.min(50, each / speed)));
+    };
+    replayTimer = setTimeout(tick, Math.max(0, start - performance.now()));
+  }
+  document.addEventListener("DOMContentLoaded", replay);
+  document.addEventListener("click", (event) => {
+    if (event.target instanceof Element && event.target.closest("[data-replay-again]")) replay();
   });
 
   // ---------------------------------------------------------------- controls
