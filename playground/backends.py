@@ -29,6 +29,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.views.decorators.debug import sensitive_variables
 
 from playground import dialects, fim
 from playground.dialects import Capabilities
@@ -178,6 +179,7 @@ def configured_backends() -> tuple[Backend, ...]:
     return tuple(_with_discovered(b) for b in found)
 
 
+@sensitive_variables("key")
 def _env_backend(
     backend_id: str, label: str, url: str, key: str, model: str, dialect: str
 ) -> Backend:
@@ -215,6 +217,7 @@ def load_backends_file(path: Path) -> list[Backend]:
     return backends
 
 
+@sensitive_variables("api_key")
 def _backend_from_toml(entry: dict[str, Any]) -> Backend:
     backend_id = entry["id"]
     if not isinstance(backend_id, str) or not _ID.fullmatch(backend_id):

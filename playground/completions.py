@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
 if TYPE_CHECKING:
     from playground.backends import Backend
@@ -631,6 +632,7 @@ _STATUS_BY_TYPE = (
 )
 
 
+@sensitive_variables("secret")
 def _sanitize(text: str, secret: str = "") -> str | None:
     if secret:
         text = text.replace(secret, "[redacted]")
@@ -739,6 +741,7 @@ def _error_for_status(
     )
 
 
+@sensitive_variables("secret")
 def error_from_response(
     status: int,
     body: bytes,
@@ -763,6 +766,7 @@ def error_from_response(
     )
 
 
+@sensitive_variables("secret")
 def _error_from_payload(
     payload: Mapping[str, Any], *, model: str | None, secret: str
 ) -> UpstreamError:
@@ -865,6 +869,7 @@ def _deadline() -> tuple[float, float]:
     return asyncio.get_running_loop().time() + limit, limit
 
 
+@sensitive_variables("headers")
 def _open(
     client: httpx.AsyncClient, backend: Backend, request: CompletionRequest, *, stream: bool
 ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:

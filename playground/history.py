@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 
 from asgiref.sync import sync_to_async
@@ -42,6 +43,22 @@ PARAM_FIELDS = tuple(name for name in GenerateForm.base_fields if name != "promp
 def _finite(value: float | None) -> float | None:
     # JSON has no nan or infinity; a broken backend may still send them.
     return value if value is not None and math.isfinite(value) else None
+
+
+# NUL cannot be stored by PostgreSQL (text or jsonb) and a lone surrogate cannot be encoded as
+# UTF-8 by any database: either would lose the whole run. Each becomes U+FFFD, as on the page.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value):
+    """`value` (a string, or JSON of strings) with NUL and lone surrogates as U+FFFD."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    return value
 
 
 def tokens_to_json(tokens) -> list:
@@ -91,7 +108,7 @@ def params_from_post(data) -> dict:
             value = data.get(name)
             if value is not None:
                 params[name] = str(value)[:200]
-    return params
+    return storable(params)
 
 
 def form_initial(prompt: str, params: dict) -> dict:
@@ -137,12 +154,12 @@ def make_recorder(
             record = RunRecord.objects.create(
                 **owner.fields(),
                 session_id=session_id,
-                params=params,
-                prompt=run.request.prompt,
+                params=storable(params),
+                prompt=storable(run.request.prompt),
                 backend=run.backend.id,
                 model=run.request.model or run.backend.model,
-                text=run.text,
-                tokens=tokens_to_json(run.tokens),
+                text=storable(run.text),
+                tokens=storable(tokens_to_json(run.tokens)),
                 logprobs=run.logprobs.value,
                 ttft_ms=None if ttft is None else round(ttft * 1000),
                 total_ms=round((end - run.started) * 1000),
@@ -153,7 +170,7 @@ def make_recorder(
                 finish_reason=run.finish_reason or "",
                 status=status_of(run, stopped=stopped),
                 error_kind=run.error.kind.value if run.error else "",
-                error_message=run.error.message if run.error else "",
+                error_message=storable(run.error.message) if run.error else "",
                 parent_run_id=parent_id,
                 branch_index=branch_index,
             )

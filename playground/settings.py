@@ -212,3 +212,6 @@ LOGGING = {
         "httpcore": {"level": HTTP_CLIENT_LOG_LEVEL},
     },
 }
+
+# Django's error reports (the 500 mail to ADMINS, the DEBUG page) are masked the same way.
+DEFAULT_EXCEPTION_REPORTER = "playground.error_reports.RedactingExceptionReporter"

@@ -92,7 +92,9 @@ def open_session(request: HttpRequest, pk: int) -> HttpResponse:
 def save_draft(request: HttpRequest) -> HttpResponse:
     """Autosave of the editor (debounced by htmx): the open session, or else the draft."""
     owner = owner_of(request)
-    prompt = request.POST.get("prompt", "")[: settings.PLAYGROUND_MAX_PROMPT_CHARS]
+    prompt = history.storable(
+        request.POST.get("prompt", "")[: settings.PLAYGROUND_MAX_PROMPT_CHARS]
+    )
     params = history.params_from_post(request.POST)
     session_id = request.POST.get("session", "")
     if session_id:
@@ -117,7 +119,7 @@ def _redirect(request: HttpRequest, url: str) -> HttpResponse:
 
 
 def _name(request: HttpRequest, default: str = "") -> str:
-    return " ".join(request.POST.get("name", "").split())[:NAME_MAX] or default
+    return history.storable(" ".join(request.POST.get("name", "").split())[:NAME_MAX]) or default
 
 
 @require_POST
@@ -126,7 +128,7 @@ def save_session(request: HttpRequest) -> HttpResponse:
     owner = owner_of(request)
     draft = draft_of(owner)
     if "prompt" in request.POST:
-        prompt = request.POST["prompt"][: settings.PLAYGROUND_MAX_PROMPT_CHARS]
+        prompt = history.storable(request.POST["prompt"][: settings.PLAYGROUND_MAX_PROMPT_CHARS])
         params = history.params_from_post(request.POST)
     else:  # without JavaScript only the name is posted: the autosaved draft is the editor
         prompt = draft.prompt if draft else ""
@@ -162,7 +164,7 @@ def _copy_runs(source: Session, target: Session) -> None:
 
 @require_GET
 def session_list(request: HttpRequest) -> HttpResponse:
-    query = request.GET.get("q", "").strip()[:200]
+    query = history.storable(request.GET.get("q", "").strip()[:200])
     sessions = owned_sessions(request).only("id", "name", "prompt", "visibility", "updated_at")
     if query:
         sessions = sessions.filter(Q(name__icontains=query) | Q(prompt__icontains=query))
@@ -420,7 +422,7 @@ def copy_team_session(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def gallery(request: HttpRequest) -> HttpResponse:
     sessions = team_sessions(request).select_related("user").defer("params")
-    query = request.GET.get("q", "").strip()[:200]
+    query = history.storable(request.GET.get("q", "").strip()[:200])
     if query:
         sessions = sessions.filter(Q(name__icontains=query) | Q(prompt__icontains=query))
     page = Paginator(sessions, PER_PAGE).get_page(request.GET.get("page"))

@@ -1,10 +1,12 @@
 """Hostile strings for every place untrusted text reaches the page.
 
 Each payload is fed, by the tests that import this module, as completion tokens, as alternative
-tokens and as prompts (tests/test_hostile.py), and in a real browser (tests/test_browser.py).
-Places added later (session names, share pages) should import `PAYLOADS` and `assert_inert`
-and run the same checks: the markup must hold no injected element or attribute, and the payload
-must still be visible as text.
+tokens and as prompts (tests/test_hostile.py); as session names, saved prompts and parameters,
+recorded runs, and through the sessions list, history, share pages, the team gallery and an
+export/import round trip (tests/test_hostile_sessions.py); and in a real browser
+(tests/test_browser_security.py). Places added later should import `PAYLOADS` and
+`assert_inert` and run the same checks: the markup must hold no injected element or attribute,
+and the payload must still be visible as text.
 
 `visible(payload)` is the text a reader should see: NUL and lone surrogates cannot be shown (or
 even encoded) and become U+FFFD, one character for one.

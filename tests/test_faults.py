@@ -5,13 +5,15 @@ Faults already covered in tests/test_views.py (401/403/404/410/422/429/503 statu
 500 page, a reset mid-stream, an error event, connection refused, a split multibyte character)
 are not repeated here; this file adds the rest and the partial-output checks.
 
-When runs are recorded (issue 3), `check_recorded` is the place to assert the stored run: its
-status, its text equal to what was shown, its error kind.
+`check_recorded` asserts the stored run of each: its status, its error kind and message, and
+its text equal to what the page showed. A run the browser leaves mid-stream is recorded as
+stopped with its partial text, shown against real uvicorn at the end of this file.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from sse import post_stream
@@ -35,10 +37,20 @@ def shown_text(events) -> str:
     )
 
 
-def check_recorded(summary: dict, *, status: str, error_kind: str | None) -> None:
+def check_recorded(summary: dict, *, status: str, error_kind: str | None, kept: str = "") -> None:
+    """The summary says what happened, and the stored run agrees, with the text kept."""
+    from playground.models import Run
+
     assert summary["status"] == status
     assert summary["error_kind"] == error_kind
-    # Issue 3: also assert the stored run has this status and the text that was shown.
+    run = Run.objects.get()
+    assert run.status == status
+    assert run.error_kind == (error_kind or "")
+    assert run.text == kept
+    assert "".join(token[0] for token in run.tokens) == kept
+    if status == "failed":
+        assert run.error_message
+        assert "ROOT_SECRET" not in run.error_message
 
 
 @pytest.fixture
@@ -55,7 +67,7 @@ def short_timeouts(settings):
         ({"fail": "never_ends", "fail_after": 3, "stall": 0.2}, "timeout", "abc"),
         ({"fail": "malformed_chunk", "fail_after": 3}, "protocol", "abc"),
         ({"fail": "reset_mid_stream", "fail_after": 3}, "unavailable", "abc"),
-        ({"fail": "error_event", "fail_after": 3}, None, "abc"),
+        ({"fail": "error_event", "fail_after": 3}, "unavailable", "abc"),
     ],
     ids=["stall-before-first-byte", "stall-mid-stream", "never-ends", "malformed-chunk",
          "reset-mid-stream", "error-event"],
@@ -69,22 +81,21 @@ def test_a_broken_stream_keeps_the_text_and_says_what_happened(
     if kept:
         assert [t["text"] for t in final(events).tokens] == list(kept)
         assert "kept below" in end
-    if kind is not None:
-        check_recorded(summary, status="failed", error_kind=kind)
-    else:
-        assert summary["status"] == "failed"
+    check_recorded(summary, status="failed", error_kind=kind, kept=kept)
 
 
 def test_a_stall_says_the_backend_sent_nothing(completions_backend, short_timeouts):
     completions_backend.script(dialect="vllm", fail="stall_before_first_byte", stall=5)
-    _, end, _ = run_against()
+    _, end, summary = run_against()
     assert "The backend sent nothing" in end
+    check_recorded(summary, status="failed", error_kind="timeout")
 
 
 def test_an_upstream_that_never_ends_hits_the_total_deadline(completions_backend, short_timeouts):
     completions_backend.script(dialect="vllm", tokens=TOKENS, fail="never_ends", stall=0.2)
-    _, end, _ = run_against()
+    events, end, summary = run_against()
     assert "time limit" in end
+    check_recorded(summary, status="failed", error_kind="timeout", kept=shown_text(events))
 
 
 def test_429_with_retry_after_tells_when_to_try_again(completions_backend):
@@ -120,3 +131,57 @@ def test_connection_refused_is_recorded_as_unavailable(settings):
     _, end, summary = run_against()
     assert "Could not reach the backend" in end
     check_recorded(summary, status="failed", error_kind="unavailable")
+
+
+def test_a_browser_leaving_mid_stream_records_the_run_as_stopped_with_its_text(tmp_path, upstream):
+    """Through real uvicorn: the client reads a few tokens and goes away (Stop, a closed tab).
+    The run is in the app's database as stopped, with the text that had arrived, and the
+    history panel lists it."""
+    import html
+    import re
+    import sqlite3
+
+    from conftest import run_app
+    from live import FORM as LIVE_FORM
+    from live import session
+    from sse import parse_events
+
+    tokens = [f"t{i} " for i in range(40)]
+    upstream.script(tokens=tokens, chunk_delay=0.15)
+    with run_app(tmp_path, COMPLETIONS_BASE_URL=upstream.base_url) as app:
+        client = session(app.url)
+        seen = b""
+        with client.stream("POST", "/generate", data=LIVE_FORM) as response:
+            assert response.status_code == 200
+            for chunk in response.iter_bytes():
+                seen += chunk
+                if seen.count(b"<span>") >= 3:
+                    break
+        shown = "".join(
+            html.unescape(re.sub(r"<[^>]+>", "", e.data))
+            for e in parse_events(seen)
+            if e.data.startswith("<span>")
+        )
+        assert shown.startswith("t0 ")
+
+        database = sqlite3.connect(tmp_path / "db.sqlite3")
+        deadline = time.monotonic() + 10
+        while not (
+            rows := database.execute(
+                "SELECT status, text, error_kind, tokens FROM playground_run"
+            ).fetchall()
+        ):
+            assert time.monotonic() < deadline, "the stopped run was not recorded"
+            time.sleep(0.1)
+        ((status, text, error_kind, stored_tokens),) = rows
+        assert status == "stopped"
+        assert error_kind == ""
+        # Everything shown is kept, and nothing that was not received: a prefix of the whole.
+        assert text.startswith(shown)
+        assert "".join(tokens).startswith(text)
+        assert len(text) < len("".join(tokens))
+        assert "".join(t[0] for t in json.loads(stored_tokens)) == text
+        # The history panel of this browser lists it as stopped.
+        panel = client.get("/history").text
+        assert 'data-status="stopped"' in panel
+        assert "Stopped" in panel

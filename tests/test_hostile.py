@@ -107,3 +107,38 @@ def test_the_offline_model_run_on_a_hostile_prompt_renders_inert():
     for event in events:
         if not event.event:
             assert_inert(event.data)
+
+
+@pytest.mark.parametrize("name", ["nul", "lone-surrogate"])
+def test_a_run_with_unstorable_characters_is_still_recorded(completions_backend, name):
+    """NUL (refused by PostgreSQL) and lone surrogates (not UTF-8) are stored as U+FFFD."""
+    from playground.models import Run
+
+    payload = PAYLOADS[name]
+    tokens = ["x = ", payload, "\n"]
+    alternatives = [{"x = ": -0.1}, {payload: -0.2, "y": -1.0}, {"\n": -0.3}]
+    completions_backend.script(
+        status=200,
+        body=raw_stream(tokens, alternatives),
+        headers={"Content-Type": "text/event-stream"},
+    )
+    generate(payload)
+    run = Run.objects.get()
+    assert run.text == visible("x = " + payload + "\n")
+    assert run.tokens[1][0] == visible(payload)
+    assert [alt for alt, _ in run.tokens[1][2]][0] == visible(payload)
+
+
+def test_nul_in_a_session_name_prompt_or_search_is_stored_and_searched_as_text():
+    from playground.models import Session
+
+    client = Client()
+    response = client.post(
+        "/sessions/save", {**FORM, "name": "a\x00b", "prompt": "p\x00q", "temperature": "\x00"}
+    )
+    assert response.status_code == 302
+    session = Session.objects.get()
+    assert (session.name, session.prompt) == ("a\ufffdb", "p\ufffdq")
+    assert session.params["temperature"] == "\ufffd"
+    assert client.get("/sessions/", {"q": "a\x00b"}).status_code == 200
+    assert client.post("/draft", {**FORM, "prompt": "\x00"}).status_code == 204

@@ -100,6 +100,45 @@ def test_the_rate_limit_answers_429_with_retry_after_and_calls_no_upstream(
     assert len(completions_backend.requests) == 4
 
 
+def test_signed_in_users_are_limited_per_user_not_per_address(
+    settings, completions_backend, cache_backend
+):
+    """Two users at one address have a budget each; one user at two addresses has one."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    settings.PLAYGROUND_RATE_LIMIT = 2
+    settings.PLAYGROUND_RATE_LIMIT_WINDOW = 60
+    settings.PLAYGROUND_TRUST_X_FORWARDED_FOR = True
+
+    def signed_in(name: str) -> AsyncClient:
+        user = get_user_model().objects.create_user(name, password=f"pw-{name}-0123")
+        sync = Client()
+        sync.force_login(user)
+        client = AsyncClient()
+        client.cookies = sync.cookies
+        return client
+
+    ann, bob = signed_in("ann"), signed_in("bob")
+
+    async def go():
+        return [
+            await post(ann, "192.0.2.10"),
+            await post(ann, "198.51.100.20"),  # ann again, elsewhere: the same budget
+            await post(ann, "203.0.113.30"),  # over it, from a third address
+            await post(bob, "192.0.2.10"),  # bob, at ann's first address: his own
+            await post(bob, "192.0.2.10"),
+            await post(bob, "198.51.100.20"),
+            await post(AsyncClient(), "192.0.2.10"),  # an anonymous visitor there: its own
+        ]
+
+    answers = asyncio.run(go())
+    assert [r.status_code for r, _ in answers] == [200, 200, 429, 200, 200, 429, 200]
+    assert "Too many generations" in answers[2][1]
+    assert int(answers[5][0]["Retry-After"]) >= 1
+    assert len(completions_backend.requests) == 5
+
+
 def test_the_limited_view_returns_a_response_not_a_coroutine(settings, completions_backend):
     # django-ratelimit#293: a sync decorator on an async view returned an unawaited coroutine.
     settings.PLAYGROUND_RATE_LIMIT = 1

@@ -1,8 +1,8 @@
 """Two uvicorn processes sharing Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432), as in
 docs/DEPLOY.md: the rate limit and the concurrent-generation cap count across both, and a stream
-on one completes while the other is stopped.
-
-Issue 3 (saved sessions) adds here: a session saved through one process is served by the other.
+on one completes while the other is stopped; and a session saved through one process is served
+by the other (the anonymous owner's key lives in the signed session cookie, so the same cookie
+works on both when they share SECRET_KEY).
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def two_workers(tmp_path, upstream, shared_services):
         "PLAYGROUND_MAX_CONCURRENT_PER_USER": "1",
         # The tests stand in for clients at several addresses behind one proxy.
         "PLAYGROUND_TRUST_X_FORWARDED_FOR": "true",
+        # Every worker and host of a deployment shares one key (it signs the session cookie).
+        "SECRET_KEY": "scaleout-shared-secret-key-" + "s" * 40,
     }
     with run_app(tmp_path / "a", **common) as a, run_app(tmp_path / "b", **common) as b:
         yield a, b
@@ -105,3 +107,35 @@ def test_a_stream_on_one_completes_while_the_other_is_stopped(two_workers, upstr
         body += b"".join(chunks)
     assert b"event: done" in body
     assert b'"status": "complete"' in body
+
+
+def test_a_session_saved_through_one_process_is_served_by_the_other(two_workers):
+    import httpx
+
+    a, b = two_workers
+    on_a = session(a.url)
+    saved = on_a.post(
+        "/sessions/save",
+        data={**FORM, "name": "Saved on A", "prompt": "def on_a():\n"},
+        headers={"X-Forwarded-For": "192.0.2.4"},
+    )
+    assert saved.status_code == 204
+    path = saved.headers["HX-Redirect"]
+    # The same browser (its cookies and CSRF token) now reaches the other process.
+    on_b = httpx.Client(base_url=b.url, timeout=30, cookies=on_a.cookies, headers=on_a.headers)
+    assert "Saved on A" in on_b.get("/sessions/").text
+    page = on_b.get(path)
+    assert page.status_code == 200
+    assert "def on_a():" in page.text
+    pk = path.strip("/").split("/")[-1]
+    # A run made through B lands in the session, and A lists it.
+    ran = post(on_b, "192.0.2.4", session=pk)
+    assert ran.status_code == 200
+    assert b"event: done" in ran.content
+    history = on_a.get("/history", params={"session": pk}).text
+    assert 'data-status="complete"' in history
+    # Someone else (no cookie) sees nothing of it on either process.
+    for server in two_workers:
+        stranger = httpx.Client(base_url=server.url, timeout=30)
+        assert stranger.get(path).status_code == 404
+        assert "Saved on A" not in stranger.get("/sessions/").text
