@@ -176,7 +176,8 @@ UPSTREAM_RETRY_MAX_WAIT = env.float("UPSTREAM_RETRY_MAX_WAIT", default=10.0)
 # waiting on the pool. Counted in the default cache: set CACHE_URL=redis://… for several workers.
 PLAYGROUND_RATE_LIMIT = env.int("PLAYGROUND_RATE_LIMIT", default=30)
 PLAYGROUND_RATE_LIMIT_WINDOW = env.int("PLAYGROUND_RATE_LIMIT_WINDOW", default=60)
-PLAYGROUND_MAX_CONCURRENT_PER_USER = env.int("PLAYGROUND_MAX_CONCURRENT_PER_USER", default=2)
+# Four by default: a four-column compare is four generations at once.
+PLAYGROUND_MAX_CONCURRENT_PER_USER = env.int("PLAYGROUND_MAX_CONCURRENT_PER_USER", default=4)
 PLAYGROUND_MAX_CONCURRENT = env.int(
     "PLAYGROUND_MAX_CONCURRENT",
     default=max(1, UPSTREAM_MAX_CONNECTIONS - max(1, UPSTREAM_MAX_CONNECTIONS // 10)),
