@@ -214,3 +214,17 @@ def test_the_prompt_token_count_updates_while_typing(page, app):
     expect(count).to_contain_text("tokens")
     page.get_by_label("Prompt").fill("x")
     expect(count).to_contain_text(re.compile(r"Prompt: [12] tokens"))
+
+
+def test_max_tokens_is_capped_to_what_the_context_window_leaves(page, app):
+    open_playground(page, app)
+    max_tokens = page.get_by_label("Max tokens", exact=True)
+    max_tokens.fill("1000")
+    page.get_by_label("Prompt").fill("a = b\n" * 900)
+    count = page.locator("#token-count")
+    expect(count).to_contain_text(re.compile(r"Prompt: \d{4} tokens"))  # the long prompt's count
+    left = int(re.search(r"(\d+) of 4096 left", count.inner_text()).group(1))
+    assert left < 1000
+    expect(max_tokens).to_have_attribute("max", str(left))
+    expect(max_tokens).to_have_value(str(left))
+    expect(page.get_by_label("Max tokens slider")).to_have_attribute("max", str(left))

@@ -438,13 +438,26 @@
     }
   });
 
+  // Max tokens never goes past what the context window leaves after the prompt: the model's
+  // own limit from the picker, lowered by the prompt's real count when the backend can count.
+  function capMaxTokens(limit) {
+    for (const input of document.querySelectorAll("#id_max_tokens, input[data-sync='id_max_tokens']")) {
+      input.max = limit;
+      if (Number(input.value) > Number(limit)) input.value = limit;
+    }
+  }
+
+  document.addEventListener("htmx:after:swap", (event) => {
+    const left = event.target.id === "token-count" && $("[data-left]", event.target);
+    const option = $("#id_backend")?.selectedOptions[0];
+    if (!left || !option) return;
+    capMaxTokens(Math.max(1, Math.min(Number(option.dataset.maxTokens), Number(left.dataset.left))));
+  });
+
   function applyBackend(select) {
     const option = select.selectedOptions[0];
     if (!option) return;
-    const max = option.dataset.maxTokens;
-    for (const input of document.querySelectorAll("#id_max_tokens, input[data-sync='id_max_tokens']")) {
-      input.max = max;
-    }
+    capMaxTokens(option.dataset.maxTokens);
     // Insert mode needs the model family's FIM format (configuration); without one it is off.
     const insert = document.querySelector("input[name='mode'][value='insert']");
     if (insert) {
