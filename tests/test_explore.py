@@ -15,6 +15,7 @@ from django.test import AsyncClient, Client
 from hostile import PAYLOADS, assert_inert, visible
 from sse import parse_events, settle
 
+from playground import history
 from playground.branching import navigator
 from playground.compare import token_diff
 from playground.models import Run, Session, ShareLink
@@ -70,6 +71,8 @@ def owned_run(name: str, **fields) -> Run:
         **fields,
     }
     values["params"].pop("prompt", None)
+    # As the recorder stores them: NUL and lone surrogates become U+FFFD (PostgreSQL refuses NUL).
+    values = {key: history.storable(value) for key, value in values.items()}
     return Run.objects.create(user=user, session=session, **values)
 
 
@@ -249,7 +252,7 @@ def test_explore_pages_keep_hostile_output_inert(name):
         prompt=payload,
     )
     session = run.session
-    session.name = payload
+    session.name = history.storable(payload)
     session.visibility = "link"
     session.save()
     client = signed_in("ivy")
