@@ -1,7 +1,7 @@
 """The built-in offline model: tokenizer, cache file, distributions and every sampling setting.
 
 Most tests run on a small model trained once per session on a slice of the standard library
-(well under a second to build); one test loads the real default model.
+(well under a second to build); a few load the real default model.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from playground import offline
 from playground.completions import CompletionRequest, Delta, LogprobStatus
+from playground.offline import evaluation, syntax, training
 from playground.offline import model as model_module
-from playground.offline import training
 from playground.offline.tokenizer import tokenize
 
 SMALL_CORPUS_CHARS = 400_000
@@ -147,6 +147,27 @@ def test_cache_round_trip(tmp_path: Path) -> None:
     assert finish == "length"
 
 
+def test_a_cache_of_another_format_version_is_stale(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    offline.build_model(path, corpus_chars=30_000)
+    raw = path.read_bytes()
+    header = training.MAGIC + training._HEADER.pack(
+        training.FORMAT_VERSION - 1, training._HEADER.unpack_from(raw, len(training.MAGIC))[1]
+    )
+    path.write_bytes(header + raw[len(header) :])
+    assert not offline.is_fresh(path)
+
+
+def test_closing_quotes_have_ids_of_their_own(small_model_path: Path) -> None:
+    data = training.read_model(small_model_path)
+    assert data.closers
+    for opening, closing in data.closers:
+        assert opening != closing
+        assert data.vocab[opening] == data.vocab[closing]
+    texts = {data.vocab[closing] for _, closing in data.closers}
+    assert {'"', "'", '"""'} <= texts
+
+
 def test_identical_builds_give_identical_files(tmp_path: Path) -> None:
     first, second = tmp_path / "a.bin", tmp_path / "b.bin"
     offline.build_model(first, corpus_chars=30_000)
@@ -197,6 +218,11 @@ def test_real_default_model_loads_and_completes() -> None:
         "def frobnicate_widget(x):\n    return x\n\nvalue = frobnicate_widget",  # cache active
         "完全に未知の入力 🦜🦜🦜",
         "\t\t\r\n",
+        'x = "an open string',  # a closing quote is a candidate: its own id, the same text
+        'def f():\n    """Docstring."""\n    return f(\'\'\')\n',
+        "if x:\n  y = [1, (2,\n",  # two-space indentation, open brackets
+        "x = 1\nx = 1\nx = 1",  # a repeated line
+        ")]}\n        )",  # brackets that were never opened
     ],
 )
 def test_distribution_is_real(model: offline.OfflineModel, prompt: str) -> None:
@@ -228,6 +254,138 @@ def test_a_trailing_space_is_healed(model: offline.OfflineModel) -> None:
 
 def test_crlf_prompt_reads_as_lf(model: offline.OfflineModel) -> None:
     assert model.distribution("import os\r\n") == model.distribution("import os\n")
+
+
+def _lexer_after(text: str) -> syntax.Lexer:
+    lexer = syntax.Lexer()
+    for token in tokenize(text):
+        lexer.feed(*syntax.classify(token))
+    return lexer
+
+
+def _feature(lexer: syntax.Lexer, token: str) -> object:
+    return lexer.feature(*syntax.classify(token))
+
+
+def test_lexer_follows_brackets_strings_and_indentation() -> None:
+    in_call = _lexer_after("result = compute([1, 2")
+    assert _feature(in_call, "]") == "close"
+    assert _feature(in_call, ")") == "close mismatched"
+    assert _feature(_lexer_after("x = 1"), ")") == "close unopened"
+    assert _feature(_lexer_after('x = "abc'), "\n") == "newline in string"
+    assert _feature(_lexer_after('x = """abc'), "\n") == ("in string", "string", 3, "newline")
+    assert _feature(_lexer_after("x = 1  # it's"), "\n") is None  # a quote in a comment
+    assert _lexer_after('x = "a \\" b').closes(*syntax.classify('"'))  # an escaped quote
+    assert not _lexer_after('x = "a \\').closes(*syntax.classify('"'))  # one to come
+
+    block = _lexer_after("class A:\n    def f(self):\n")
+    assert _feature(block, "        ") == ("after colon", "indent")
+    assert _feature(block, "    ") == ("after colon", "same")
+    assert _feature(block, "x") == ("after colon", "dedent")
+    body = _lexer_after("class A:\n    def f(self):\n        return 1\n")
+    assert _feature(body, "    ") == ("plain", "dedent")
+    assert _feature(body, "            ") == ("plain", "indent")
+    assert _feature(body, "      ") == ("plain", "dedent other")
+    two_spaces = _lexer_after("if a:\n  if b:\n")
+    assert _feature(two_spaces, "    ") == ("after colon", "indent")
+    fragment = _lexer_after("        return x\n")  # a prompt can start indented
+    assert _feature(fragment, "    ") == ("plain", "dedent")
+
+    assert _feature(_lexer_after("if x"), " =") == ("=", "compound")
+    assert _feature(_lexer_after("f(a"), "=") == ("= in brackets", False, True)
+    assert _feature(_lexer_after("def f(a: int"), " =") is None  # annotated parameters
+    assert _feature(_lexer_after("if x"), "\n") == "newline in header"
+    assert _feature(_lexer_after("x = y +"), "\n") == "newline after operator"
+    assert _feature(_lexer_after("from os import *"), "\n") is None
+
+
+def test_closing_quotes_are_marked_for_training() -> None:
+    tokens = tokenize('s = "a" + \'x\' + """c\n"d"\n"""')
+    marked = [t for t, closes in zip(tokens, syntax.closing_quotes(tokens), strict=True) if closes]
+    assert marked == ['"', "'", '"""']
+
+
+def test_the_lexical_state_shapes_the_distribution(model: offline.OfflineModel) -> None:
+    def probability(prompt: str, text: str) -> float:
+        return sum(math.exp(a.logprob) for a in model.distribution(prompt) if a.text == text)
+
+    # A block header is followed by a deeper indentation, not the same one.
+    after_header = model.distribution("def f(x):\n    if x:\n")
+    assert after_header[0].text == "        "
+    assert probability("def f(x):\n    if x:\n", "    ") < 0.01
+    # A one-line string is closed before the line ends.
+    assert probability('x = "some text', "\n") < 0.01
+    assert probability('x = "some text', '"') > 0.01
+    # A bracket closes what is open.
+    assert probability("x = compute([1, 2", ")") < 0.01
+
+
+def test_a_recent_line_is_not_copied_whole(
+    model: offline.OfflineModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = "total = compute_total(items, discount)"
+
+    def odds(prompt: str, text: str) -> float:
+        p = sum(math.exp(a.logprob) for a in model.distribution(prompt) if a.text == text)
+        return p / (1 - p)
+
+    def copy_odds() -> tuple[float, float]:
+        # ")" makes an exact copy of the line before likely (if a newline follows it); a
+        # newline then makes it one: the odds of that are 1 - REPEAT_DISCOUNT as high.
+        return odds(f"{line}\n{line[:-1]}", ")"), odds(f"{line}\n{line}", "\n")
+
+    last_token, newline = copy_odds()
+    monkeypatch.setattr(model_module, "REPEAT_DISCOUNT", 0.0)
+    plain_last_token, plain_newline = copy_odds()
+    assert last_token < plain_last_token * 0.5
+    assert newline == pytest.approx(plain_newline * 0.1, rel=1e-6)
+
+
+def test_echoes_are_found_within_the_line(model: offline.OfflineModel) -> None:
+    def echoes(prompt: str) -> dict[str, tuple[int, int]]:
+        context = model_module._Context(model, tokenize(prompt))
+        return {context.text(token): echo for token, echo in context.echoes().items()}
+
+    assert echoes("x = os.path.path") == {"path": (1, 1), ".": (2, 1)}
+    assert echoes("x = [1, 0, 0, 0")[","] == (2, 2)
+    assert echoes("x = 1\n") == {}  # a new line starts afresh
+
+
+# --- Loops --------------------------------------------------------------------------------
+
+# The prompts that used to loop at the page's default settings, and two more.
+LOOPING_PROMPTS = (
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
+    "def is_prime(n):\n    if n < 2:\n        return False\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n    def ",
+    "def binary_search(items, target):\n    lo, hi = 0, len(items) - 1\n    while lo <= hi:\n",
+)
+
+
+def test_has_loop() -> None:
+    assert evaluation.has_loop("    return False\n" * 3)
+    assert not evaluation.has_loop("    return False\n" * 2 + "    pass\n" * 5)  # short lines
+
+
+def test_low_temperature_completions_do_not_loop(model: offline.OfflineModel) -> None:
+    # Before the fix this was 1.0: every completion repeated the prompt's lines.
+    rate, _ = evaluation.loop_rate(model, LOOPING_PROMPTS, seeds=(0, 1, 2, 3, 4), temperature=0.2)
+    assert rate <= 0.2
+
+
+def test_low_temperature_completions_of_the_real_model_do_not_loop() -> None:
+    rate, _ = evaluation.loop_rate(
+        offline.load_model(), LOOPING_PROMPTS, seeds=(0, 1, 2, 3, 4), temperature=0.2
+    )
+    assert rate <= 0.2
+
+
+def test_held_out_log_loss_runs(model: offline.OfflineModel) -> None:
+    loss, misses, tokens = evaluation.log_loss(model, evaluation.held_out_files()[:1])
+    assert tokens > 100
+    assert 0 < loss < 15
+    assert 0 <= misses < 0.5
 
 
 # --- Sampling -----------------------------------------------------------------------------

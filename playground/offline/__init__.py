@@ -1,13 +1,14 @@
 """The built-in offline model: a small code model that needs no key, no network, no download.
 
 With no upstream configured the playground still works end to end on this model: an
-interpolated modified Kneser-Ney 5-gram model over code tokens, trained in about ten seconds on
-the Python standard library that every Python installation carries and cached on disk
+interpolated modified Kneser-Ney 5-gram model over code tokens, trained in about fifteen seconds
+on the Python standard library that every Python installation carries and cached on disk
 (`settings.OFFLINE_MODEL_PATH`), mixed at generation time with a small n-gram cache of the
-prompt itself so that names the prompt defines come back. It is a real statistical model with
-real probabilities, so every playground feature (sampling settings, seeds, stop sequences,
+prompt itself so that names the prompt defines come back, and kept in step with Python's
+lexical state (strings, brackets, indentation; `syntax.py`). It is a real statistical model
+with real probabilities, so every playground feature (sampling settings, seeds, stop sequences,
 token probabilities and alternatives) behaves as it would with a large model, only with less
-impressive code.
+impressive code. `python -m playground.offline.evaluation` measures it (`evaluation.py`).
 
 Public interface:
 

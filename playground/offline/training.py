@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 
+from .syntax import closing_quotes
 from .tokenizer import tokenize
 
 # Bump whenever the tokenizer, the training or the layout changes: a cache with another version
-# is rebuilt on the next load.
-FORMAT_VERSION = 1
+# is rebuilt on the next load. 2: closing quotes have token ids of their own, 128 candidates per
+# context, tkinter left out.
+FORMAT_VERSION = 2
 MAGIC = b"PGOFFLN\x00"
 _HEADER = struct.Struct("<II")
 
@@ -47,13 +49,14 @@ MIN_CONTEXT_COUNT = 2
 # How many of a context's most frequent continuations become sampling candidates. All counts
 # are stored for the probabilities; only the candidate set is bounded, which keeps each
 # generation step's work small.
-CANDIDATES_PER_CONTEXT = 48
-# About all of CPython 3.11's library outside the skipped directories (8.8 MB); the cap keeps
+CANDIDATES_PER_CONTEXT = 128
+# About all of CPython 3.11's library outside the skipped directories (8.5 MB); the cap keeps
 # the build fast on a newer Python whose library has grown.
 DEFAULT_CORPUS_CHARS = 9_000_000
 
-# Tests, generated tables (encodings, pydoc_data) and vendored or legacy code are not the code
-# a playground user is writing.
+# Tests, generated tables (encodings, pydoc_data), vendored or legacy code and the tkinter
+# wrappers (thousands of `self.tk.call(self._w, ...)` lines, which low-temperature sampling
+# would otherwise keep coming back to) are not the code a playground user is writing.
 _SKIP_DIRS = frozenset(
     {
         "__pycache__",
@@ -66,6 +69,7 @@ _SKIP_DIRS = frozenset(
         "site-packages",
         "test",
         "tests",
+        "tkinter",
         "turtledemo",
     }
 )
@@ -86,6 +90,9 @@ class ModelData:
     # decreasing count.
     table: dict[bytes, bytes]
     candidates_per_context: int
+    # A string delimiter that closes a string has its own id (same text, listed after the other
+    # tokens in `vocab`): (id of the text, id of it closing a string) pairs.
+    closers: tuple[tuple[int, int], ...]
 
 
 def _expected_meta() -> dict:
@@ -154,17 +161,33 @@ def train(
     """Count n-grams over `sources` and return the model's statistics."""
     say = progress or (lambda _message: None)
     token_lists = [tokenize(text) for _name, text in sources]
+    closing = [closing_quotes(tokens) for tokens in token_lists]
     frequencies = Counter(token for tokens in token_lists for token in tokens)
     kept = sorted(
         (token for token, count in frequencies.items() if count >= MIN_TOKEN_COUNT),
         key=lambda token: (-frequencies[token], token),
     )
-    vocab = ("", "", *kept)  # BOS and UNK have no text: they are never generated
-    index = {token: i for i, token in enumerate(vocab) if i > UNK}
+    closes = Counter(
+        token
+        for tokens, flags in zip(token_lists, closing, strict=True)
+        for token, flag in zip(tokens, flags, strict=True)
+        if flag
+    )
+    closer_texts = sorted(
+        (token for token in kept if closes[token] >= MIN_TOKEN_COUNT),
+        key=lambda token: (-closes[token], token),
+    )
+    vocab = ("", "", *kept, *closer_texts)  # BOS and UNK have no text: they are never generated
+    index = {token: i for i, token in enumerate(vocab[: len(vocab) - len(closer_texts)]) if i > UNK}
+    closer = {
+        index[token]: i for i, token in enumerate(vocab) if i >= len(vocab) - len(closer_texts)
+    }
     seq: list[int] = []
-    for tokens in token_lists:
+    for tokens, flags in zip(token_lists, closing, strict=True):
         seq.append(BOS)
-        seq.extend([index.get(token, UNK) for token in tokens])
+        for token, flag in zip(tokens, flags, strict=True):
+            token_id = index.get(token, UNK)
+            seq.append(closer.get(token_id, token_id) if flag else token_id)
     say(f"{len(sources)} files, {len(seq):,} tokens, {len(vocab):,} token types")
 
     # ngrams[n]: how often each n-gram occurs. Level k (a context of k tokens) is built from
@@ -216,6 +239,7 @@ def train(
         unigram_stats=_stats([c for c in unigram if c]),
         table=table,
         candidates_per_context=CANDIDATES_PER_CONTEXT,
+        closers=tuple(sorted(closer.items())),
     )
 
 
@@ -230,6 +254,7 @@ def write_model(data: ModelData, path: Path) -> None:
             data.unigram_stats,
             data.table,
             data.candidates_per_context,
+            data.closers,
         )
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +310,7 @@ def read_model(path: Path) -> ModelData:
     offset = len(MAGIC) + _HEADER.size + _HEADER.unpack_from(raw, len(MAGIC))[1]
     try:
         body = marshal.loads(memoryview(raw)[offset:])  # noqa: S302 (our own file, see above)
-        vocab, discounts, unigram_counts, unigram_stats, table, candidates = body
+        vocab, discounts, unigram_counts, unigram_stats, table, candidates, closers = body
     except (EOFError, ValueError, TypeError) as exc:
         raise ValueError(f"{path} is a damaged offline-model cache") from exc
     return ModelData(
@@ -296,6 +321,7 @@ def read_model(path: Path) -> ModelData:
         unigram_stats=unigram_stats,
         table=table,
         candidates_per_context=candidates,
+        closers=closers,
     )
 
 
