@@ -50,7 +50,8 @@ def two_workers(tmp_path, upstream, shared_services):
         **shared_services,
         "COMPLETIONS_BASE_URL": upstream.base_url,
         "PLAYGROUND_RATE_LIMIT": "6",
-        "PLAYGROUND_RATE_LIMIT_WINDOW": "60",
+        # An hour: a six-request test never straddles a window boundary (fixed windows reset).
+        "PLAYGROUND_RATE_LIMIT_WINDOW": "3600",
         "PLAYGROUND_MAX_CONCURRENT_PER_USER": "1",
         # The tests stand in for clients at several addresses behind one proxy.
         "PLAYGROUND_TRUST_X_FORWARDED_FOR": "true",
@@ -61,34 +62,43 @@ def two_workers(tmp_path, upstream, shared_services):
         yield a, b
 
 
+def fresh_address() -> str:
+    """A client address no earlier run has used, so counters left in the shared Redis by another
+    run (CI and a developer on one machine) cannot leak in: a random /64 of 2001:db8::/32, the
+    documentation prefix (limits group IPv6 clients by /64)."""
+    return f"2001:db8:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}::1"
+
+
 def post(client, address: str, **changes):
     return client.post("/generate", data={**FORM, **changes}, headers={"X-Forwarded-For": address})
 
 
 def test_the_rate_limit_counts_across_both_processes(two_workers):
     a, b = (session(server.url) for server in two_workers)
-    answers = [post(client, "192.0.2.1").status_code for client in (a, b) * 3]
+    address = fresh_address()
+    answers = [post(client, address).status_code for client in (a, b) * 3]
     assert answers == [200] * 6
-    refused = post(b, "192.0.2.1")
+    refused = post(b, address)
     assert refused.status_code == 429
     assert "Too many generations" in refused.text
-    assert post(a, "192.0.2.1").status_code == 429
-    assert post(a, "192.0.2.99").status_code == 200  # someone else is not limited
+    assert post(a, address).status_code == 429
+    assert post(a, fresh_address()).status_code == 200  # someone else is not limited
 
 
 def test_the_concurrency_cap_counts_across_both_processes(two_workers, upstream):
     a, b = (session(server.url) for server in two_workers)
     upstream.script(fail="stall_before_first_byte", stall=30)
-    with a.stream("POST", "/generate", data=FORM, headers={"X-Forwarded-For": "192.0.2.2"}) as r:
+    address = fresh_address()
+    with a.stream("POST", "/generate", data=FORM, headers={"X-Forwarded-For": address}) as r:
         assert r.status_code == 200
         chunks = r.iter_bytes()
         next(chunks)  # running on A
-        busy = post(b, "192.0.2.2")
+        busy = post(b, address)
         assert busy.status_code == 429
         assert "generations running" in busy.text
     # The stream on A is closed: its slot is free for B at once.
     deadline = time.monotonic() + 5
-    while (answer := post(b, "192.0.2.2")).status_code != 200:
+    while (answer := post(b, address)).status_code != 200:
         assert time.monotonic() < deadline, answer.text
         time.sleep(0.2)
 
@@ -98,7 +108,7 @@ def test_a_stream_on_one_completes_while_the_other_is_stopped(two_workers, upstr
     client = session(second.url)
     upstream.script(tokens=["a", "b", "c", "d", "e", "f", "g", "h"], chunk_delay=0.2)
     with client.stream(
-        "POST", "/generate", data=FORM, headers={"X-Forwarded-For": "192.0.2.3"}
+        "POST", "/generate", data=FORM, headers={"X-Forwarded-For": fresh_address()}
     ) as response:
         chunks = response.iter_bytes()
         body = next(chunks)
@@ -114,10 +124,11 @@ def test_a_session_saved_through_one_process_is_served_by_the_other(two_workers)
 
     a, b = two_workers
     on_a = session(a.url)
+    address = fresh_address()
     saved = on_a.post(
         "/sessions/save",
         data={**FORM, "name": "Saved on A", "prompt": "def on_a():\n"},
-        headers={"X-Forwarded-For": "192.0.2.4"},
+        headers={"X-Forwarded-For": address},
     )
     assert saved.status_code == 204
     path = saved.headers["HX-Redirect"]
@@ -129,7 +140,7 @@ def test_a_session_saved_through_one_process_is_served_by_the_other(two_workers)
     assert "def on_a():" in page.text
     pk = path.strip("/").split("/")[-1]
     # A run made through B lands in the session, and A lists it.
-    ran = post(on_b, "192.0.2.4", session=pk)
+    ran = post(on_b, address, session=pk)
     assert ran.status_code == 200
     assert b"event: done" in ran.content
     history = on_a.get("/history", params={"session": pk}).text
