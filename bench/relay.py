@@ -32,6 +32,12 @@ def app_env(upstream_port: int) -> dict[str, str]:
         # The default pool (100) would queue the 200- and 500-stream levels behind each other;
         # a deployment expecting that many streams per worker raises it the same way.
         "UPSTREAM_MAX_CONNECTIONS": "1000",
+        # Every bench stream comes from one address, so the per-user limits (30 a minute, 4 at
+        # once) would refuse nearly all of them. Raised, not turned off: admission still counts
+        # every generation in the cache, so its cost stays in the numbers. The per-process cap
+        # keeps its default (900 with the pool above), above the 500-stream level.
+        "PLAYGROUND_RATE_LIMIT": "1000000",
+        "PLAYGROUND_MAX_CONCURRENT_PER_USER": "100000",
     }
 
 

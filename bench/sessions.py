@@ -1,9 +1,9 @@
 """Section 6: the saved-sessions list and search pages with 10,000 sessions and 100,000 runs.
 
-Saved sessions are not merged yet, so this section looks for them and reports their absence
-instead of failing. What it expects once they land: `playground.models.Session`, a run model
-with a foreign key to it, and URL names containing "session" for the list and the search (search
-is the list with `?q=`, unless a name containing "search" exists).
+It finds what it measures by shape rather than by name, and reports (instead of failing) when it
+is missing: `playground.models.Session`, a run model with a foreign key to it, and URL names
+containing "session" for the list and the search (search is the list with `?q=`, unless a name
+containing "search" exists). Here that is `/sessions/` (`workspace.session_list`).
 
 The measurement runs in a subprocess per database (`python -m bench.sessions <DATABASE_URL>`), so
 that the app's settings read that database: it migrates, fills the tables with `bulk_create`

@@ -10,15 +10,15 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "playground.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402  (settings module must be set first)
-
-from playground import redaction  # noqa: E402
+from playground import redaction  # noqa: E402  (settings module must be set first)
+from playground.handler import get_asgi_application  # noqa: E402
 from playground.security import cap_request_body  # noqa: E402
 
 # uvicorn's loggers print through their own handlers: they get the key-masking filter too.
 redaction.install()
 
-# Bodies are capped before Django spools them (see security.py).
+# Bodies are capped before Django spools them (see security.py); Django's middleware runs on the
+# event loop (see middleware.py).
 django_application = cap_request_body(get_asgi_application())
 
 

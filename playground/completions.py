@@ -18,11 +18,13 @@ import asyncio
 import codecs
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
 import random
 import re
+import sys
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +41,14 @@ if TYPE_CHECKING:
     from playground.backends import Backend
 
 logger = logging.getLogger(__name__)
+
+# httpcore asks `sniffio` which async library is running on every request and connection event.
+# sniffio is not installed (httpx no longer needs it), and Python retries a failed import each
+# time, searching sys.path again: a dozen stat calls per ask, about 2 % of the worker's CPU in a
+# profile (docs/PERFORMANCE.md). Recorded once as absent, the import fails at once and httpcore
+# assumes asyncio exactly as before.
+if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+    sys.modules["sniffio"] = None
 
 
 class LogprobStatus(StrEnum):

@@ -72,6 +72,16 @@ def tokens_to_json(tokens) -> list:
     ]
 
 
+def storable_tokens(data: list) -> list:
+    """`storable(data)` for `tokens_to_json`'s shape: one scan of all its strings, and the
+    element by element copy only when one of them needs a replacement (rarely)."""
+    strings = [token[0] for token in data]
+    strings += [alternative[0] for token in data for alternative in token[2]]
+    if _UNSTORABLE.search("".join(strings)) is None:
+        return data
+    return storable(data)
+
+
 def tokens_from_json(data: list) -> list[Token]:
     return [
         Token(
@@ -159,7 +169,7 @@ def make_recorder(
                 backend=run.backend.id,
                 model=run.request.model or run.backend.model,
                 text=storable(run.text),
-                tokens=storable(tokens_to_json(run.tokens)),
+                tokens=storable_tokens(tokens_to_json(run.tokens)),
                 logprobs=run.logprobs.value,
                 ttft_ms=None if ttft is None else round(ttft * 1000),
                 total_ms=round((end - run.started) * 1000),

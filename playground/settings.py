@@ -42,6 +42,9 @@ INSTALLED_APPS = [
 
 # Kept short: under ASGI each middleware hook runs through sync_to_async (a thread hop), and
 # the stream route pays for every one of them (see docs/ARCHITECTURE.md).
+# Under uvicorn, `playground.middleware.ASGIHandler` loads Django's classes below as subclasses
+# whose hooks run on the event loop instead of a thread hop each (see that module). The names stay
+# Django's: `check --deploy` looks for them by name.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
