@@ -125,7 +125,11 @@ def assert_inert(html: str, baseline: str | None = None) -> Inventory:
     for tag, attrs in found.elements:
         assert tag in ALLOWED_TAGS, f"injected <{tag}>"
         if tag == "script":
-            assert attrs.get("type") == "application/json" or set(attrs) == {"src", "defer"}, attrs
+            assert (
+                attrs.get("type") == "application/json"
+                or set(attrs) == {"src", "defer"}
+                or attrs == {"src": "/static/playground/theme.js"}
+            ), attrs
         for name, value in attrs.items():
             assert not name.startswith("on"), f"injected {name}= on <{tag}>"
             assert (

@@ -314,3 +314,13 @@ def test_every_shortcut_in_the_help_overlay_works(page, app):
     page.get_by_label("Prompt").type("g?")
     expect(overlay).to_be_hidden()
     assert page.get_by_label("Prompt").input_value().endswith("g?")
+
+
+def test_a_saved_theme_is_applied_without_waiting_for_the_deferred_script(page, app):
+    """theme.js, blocking in <head>, sets the saved theme before the first paint; app.js (deferred)
+    is held back here to show the theme does not wait for it."""
+    page.goto(app.url + "/")
+    page.evaluate("localStorage.setItem('playground-theme', 'dark')")
+    page.route("**/static/playground/app.js", lambda route: route.abort())
+    page.goto(app.url + "/")
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
