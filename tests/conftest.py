@@ -196,6 +196,15 @@ def upstream():
         yield server
 
 
+@pytest.fixture(scope="module")
+def upstream_module():
+    """The loopback upstream shared by a module's tests (browser modules: one app server each)."""
+    from upstream import running_upstream
+
+    with running_upstream() as server:
+        yield server
+
+
 @pytest.fixture
 def completions_backend(settings, upstream):
     """Point the app's COMPLETIONS_* backend at the loopback upstream."""

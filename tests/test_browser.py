@@ -17,14 +17,6 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def upstream_module():
-    from upstream import running_upstream
-
-    with running_upstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def app(tmp_path_factory, upstream_module):
     """The app with the offline model (paced, so a run visibly streams) and a loopback upstream."""
     with run_app(

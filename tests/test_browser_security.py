@@ -30,14 +30,6 @@ document.addEventListener('securitypolicyviolation', (e) => {
 
 
 @pytest.fixture(scope="module")
-def upstream_module():
-    from upstream import running_upstream
-
-    with running_upstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def app(tmp_path_factory, upstream_module):
     with run_app(
         tmp_path_factory.mktemp("browser-security"),

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from upstream import DIALECTS, closed_port_url, running_upstream
+from upstream import DIALECTS, closed_port_url
 
 from playground.backends import Backend
 from playground.completions import (
@@ -64,12 +64,6 @@ def backend_for(base_url: str = "http://127.0.0.1:9/v1", **overrides) -> Backend
 
         overrides["caps"] = Capabilities(max_alternatives=overrides.pop("max_alternatives"))
     return Backend(**{**fields, **overrides})
-
-
-@pytest.fixture
-def upstream():
-    with running_upstream() as server:
-        yield server
 
 
 async def collect(
