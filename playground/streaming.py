@@ -188,7 +188,8 @@ async def relay(backend: Backend, request: CompletionRequest, *, record=None):
             if not queue and not finished.is_set():
                 if run.first_token_at is None:
                     try:
-                        await asyncio.wait_for(wake.wait(), PING_SECONDS)
+                        async with asyncio.timeout(PING_SECONDS):
+                            await wake.wait()
                     except TimeoutError:
                         yield b": ping\n\n"
                         continue
@@ -207,8 +208,10 @@ async def relay(backend: Backend, request: CompletionRequest, *, record=None):
                 break
             if text:
                 # Let the next tokens gather, but end the wait as soon as the run finishes.
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for makes a task per call.)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(finished.wait(), COALESCE_SECONDS)
+                    async with asyncio.timeout(COALESCE_SECONDS):
+                        await finished.wait()
     finally:
         if not reader.done():
             reader.cancel()

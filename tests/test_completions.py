@@ -493,6 +493,86 @@ def test_sse_parser_strips_a_byte_order_mark_and_keeps_an_unterminated_last_even
     assert parse_in_pieces([b"\xef\xbb", b"\xbfdata: a\n\ndata: b"]) == ["a", "b"]
 
 
+# Lines of an event stream, from the ones every server sends to the odd ones; no CR, so that
+# LF-only streams take the parser's fast path and the same with CRLF line ends takes the general one.
+sse_lines = st.lists(
+    st.one_of(
+        st.sampled_from(["", "data: [DONE]", ": ping", "event: x", "id: 1", "retry: 5", "data"]),
+        st.builds(
+            lambda v: "data: " + v,
+            st.text(
+                alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",))
+            ),
+        ),
+        st.builds(lambda v: "data:" + v, st.text(max_size=6, alphabet="ab :{}")),
+        st.text(
+            max_size=8,
+            alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+        ),
+    ),
+    max_size=16,
+)
+
+
+@given(lines=sse_lines, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_sse_parser_fast_path_for_lf_streams_agrees_with_the_general_one(lines, cuts):
+    lf = "".join(line + "\n" for line in lines).encode()
+    crlf = lf.replace(b"\n", b"\r\n")  # a CR anywhere sends every feed the general way
+    points = [0, *sorted(c for c in cuts if c <= len(lf)), len(lf)]
+    pieces = [lf[a:b] for a, b in zip(points, points[1:], strict=False)]
+    assert parse_in_pieces(pieces) == parse_in_pieces([crlf])
+
+
+plain_tokens = st.text(min_size=1, max_size=4).filter(lambda t: not t.startswith("bytes:"))
+# Mostly what servers send (finite floats, so the fast path is taken), sometimes not.
+legacy_values = st.one_of(
+    st.floats(min_value=-50, max_value=0),
+    st.floats(min_value=-50, max_value=0),
+    st.floats(min_value=-50, max_value=0),
+    st.sampled_from([math.nan, -math.inf, math.inf, -1, 0, None, "-1.0"]),
+)
+
+
+@given(
+    text=plain_tokens,
+    token=st.one_of(st.none(), plain_tokens, st.just("bytes:\\xe2")),
+    logprob=legacy_values,
+    top=st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.one_of(plain_tokens, st.just(""), st.just("bytes:\\xac")), legacy_values, max_size=6
+        ),
+        st.just([]),
+    ),
+    pending=st.booleans(),
+)
+@hypothesis_settings(max_examples=400, deadline=None)
+def test_the_one_plain_token_fast_path_builds_what_the_general_way_builds(
+    text, token, logprob, top, pending
+):
+    obj = {
+        "tokens": [text if token is None else token],
+        "token_logprobs": [logprob],
+        "top_logprobs": [top],
+    }
+    fast, general = TokenAssembler(), TokenAssembler()
+    if pending:  # half a character left over from an earlier chunk: the general way must run
+        for assembler in (fast, general):
+            assembler.feed({"tokens": ["bytes:\\xe2"], "token_logprobs": [-1.0]}, "")
+    assert fast.feed(obj, text) == general._feed_entries(obj, text)
+
+
+def test_the_one_plain_token_fast_path_is_taken_for_a_usual_chunk():
+    obj = {"tokens": [" x"], "token_logprobs": [-0.5], "top_logprobs": [{" y": -2.0, " x": -0.5}]}
+    token = TokenAssembler()._one_plain_token(obj, " x")
+    assert token == Token(
+        text=" x",
+        logprob=-0.5,
+        alternatives=(Alternative(text=" x", logprob=-0.5), Alternative(text=" y", logprob=-2.0)),
+    )
+
+
 # --- streaming over a mock transport ----------------------------------------------------------
 
 
@@ -1192,3 +1272,23 @@ def test_a_full_pool_is_reported_as_busy(upstream):
 def test_the_upstream_lists_its_models(upstream):
     response = httpx.get(f"{upstream.base_url}/models", timeout=5)
     assert response.json()["data"][0]["id"] == MODEL
+
+
+def test_a_chunk_with_nan_and_infinity_written_as_json_literals_still_streams():
+    # Python's json.dumps writes NaN and -Infinity, and some servers do; orjson refuses them.
+    chunk = (
+        '{"choices":[{"index":0,"text":"a","logprobs":{"tokens":["a"],"token_logprobs":[NaN],'
+        '"top_logprobs":[{"a":-Infinity,"b":-1.5}]},"finish_reason":"stop"}]}'
+    )
+    deltas, error = mock_stream(lambda request: sse_response([frames(chunk, "[DONE]")]))
+    assert error is None
+    assert deltas == [
+        Delta(
+            text="a",
+            tokens=(
+                Token(text="a", logprob=None, alternatives=(Alternative(text="b", logprob=-1.5),)),
+            ),
+            logprobs=LogprobStatus.REAL,
+            finish_reason="stop",
+        )
+    ]
