@@ -24,6 +24,7 @@ import importlib.util
 import json
 import logging
 import math
+import operator
 import random
 import re
 import sys
@@ -39,6 +40,8 @@ import httpx
 import orjson
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
+
+from playground import network
 
 if TYPE_CHECKING:
     from playground.backends import Backend
@@ -497,8 +500,7 @@ def _align(tokens: list[Token], text: str) -> list[Token]:
     return placed
 
 
-def _by_logprob(alternative: Alternative) -> float:
-    return alternative.logprob
+_SECOND = operator.itemgetter(1)
 
 
 class TokenAssembler:
@@ -582,20 +584,19 @@ class TokenAssembler:
             return None
         tops = obj.get("top_logprobs")
         top = tops[0] if type(tops) is list and tops else None
-        alternatives = []
-        if top is not None:
-            if type(top) is not dict:
+        if top is None:
+            return Token(text=text, logprob=logprob)
+        if type(top) is not dict:
+            return None
+        for key, value in top.items():
+            if type(value) is not float or not -math.inf < value < math.inf:
                 return None
-            for key, value in top.items():
-                if (
-                    type(value) is not float
-                    or not -math.inf < value < math.inf
-                    or key.startswith("bytes:")
-                ):
-                    return None
-                alternatives.append(Alternative(text=key, logprob=value))
-            alternatives.sort(key=_by_logprob, reverse=True)
-        return Token(text=text, logprob=logprob, alternatives=tuple(alternatives))
+            if key.startswith("bytes:"):
+                return None
+        # Sorted as pairs (a C-level key), most likely first; equal ones keep the server's order.
+        ordered = sorted(top.items(), key=_SECOND, reverse=True)
+        alternatives = tuple([Alternative(text=key, logprob=value) for key, value in ordered])
+        return Token(text=text, logprob=logprob, alternatives=alternatives)
 
     @staticmethod
     def _alternative_text(pending: bytes, text: str | None, data: bytes | None) -> str:
@@ -1323,9 +1324,12 @@ def make_client(
         max_keepalive_connections=min(connections, 20),
         keepalive_expiry=30.0,
     )
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         timeout=timeout, limits=limits, transport=transport, follow_redirects=False
     )
+    if transport is None:
+        network.install(client._transport)  # leaner reads than anyio's: see network.py
+    return client
 
 
 # An httpx client is bound to the event loop that first used it, so there is one per loop: the

@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import socket
+import ssl
 import struct
 import threading
 from collections import deque
@@ -106,9 +107,10 @@ class ReceivedRequest:
 
 
 class Upstream:
-    def __init__(self) -> None:
+    def __init__(self, scheme: str = "http") -> None:
         self.host = "127.0.0.1"
         self.port = 0
+        self.scheme = scheme
         self.requests: list[ReceivedRequest] = []
         self.default = Script()
         self.models = ["bigcode/starcoder2-7b"]
@@ -118,7 +120,7 @@ class Upstream:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"{self.scheme}://{self.host}:{self.port}/v1"
 
     def script(self, **kwargs: Any) -> Script:
         """Queue the answer to the next completion request (see `Script` for the knobs)."""
@@ -236,15 +238,18 @@ class Upstream:
 
 
 @contextlib.contextmanager
-def running_upstream() -> Iterator[Upstream]:
-    """Run a fake upstream on a free loopback port for the duration of the block."""
-    upstream = Upstream()
+def running_upstream(tls: ssl.SSLContext | None = None) -> Iterator[Upstream]:
+    """Run a fake upstream on a free loopback port for the duration of the block (over TLS with
+    `tls`, a server-side context)."""
+    upstream = Upstream("https" if tls else "http")
     loop = asyncio.new_event_loop()
     started = threading.Event()
 
     def serve() -> None:
         asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(asyncio.start_server(upstream.handle, "127.0.0.1", 0))
+        server = loop.run_until_complete(
+            asyncio.start_server(upstream.handle, "127.0.0.1", 0, ssl=tls)
+        )
         upstream.port = server.sockets[0].getsockname()[1]
         started.set()
         loop.run_forever()

@@ -1,0 +1,214 @@
+"""The upstream client's sockets: an httpcore network backend on the event loop's socket calls.
+
+httpx reads through httpcore, and httpcore through a "network backend". Its default, anyio, puts
+each read of a stream behind a cancel scope, a protocol buffer and a pause/resume of the socket's
+polling: on a paced upstream (one small chunk per token) that machinery cost the relay more CPU
+than everything else it does per token (docs/PERFORMANCE.md). This backend does the same job
+with the event loop's own socket calls: a read first takes whatever the kernel already holds
+(after the relay's short pause between reads, usually several tokens' worth) without polling at
+all, and only waits with `loop.sock_recv` when nothing is there. httpx and httpcore keep doing
+everything else (HTTP/1.1 parsing, pooling, keep-alive, limits, proxies, timeouts' meaning), and
+their exception types are raised exactly where anyio's backend raises them, so error handling
+upstream of here (completions._error_from_exception) sees no difference.
+
+TLS (hosted NIM is https) goes through asyncio's own SSL transport on the connected socket;
+Unix sockets keep anyio's backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import httpcore
+from httpcore._backends.anyio import AnyIOBackend
+from httpcore._utils import is_socket_readable
+
+_TIMEOUT_MESSAGES = {
+    httpcore.ConnectTimeout: "timed out while connecting",
+    httpcore.ReadTimeout: "timed out while reading",
+    httpcore.WriteTimeout: "timed out while writing",
+}
+
+
+@contextlib.asynccontextmanager
+async def _mapped(timeout: float | None, on_timeout: type[Exception], on_error: type[Exception]):
+    """Bound the block by `timeout` seconds and raise httpcore's exceptions, as anyio's backend
+    does: a timeout becomes `on_timeout`, a socket error `on_error`."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise on_timeout(_TIMEOUT_MESSAGES.get(on_timeout, "timed out")) from None
+    except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
+        raise on_error(str(exc) or type(exc).__name__) from exc
+
+
+class SocketStream(httpcore.AsyncNetworkStream):
+    """A connected non-blocking TCP socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            # What has already arrived is taken at once: no poll, no wake-up.
+            return self._sock.recv(max_bytes)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+        async with _mapped(timeout, httpcore.ReadTimeout, httpcore.ReadError):
+            return await self._loop.sock_recv(self._sock, max_bytes)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        async with _mapped(timeout, httpcore.WriteTimeout, httpcore.WriteError):
+            await self._loop.sock_sendall(self._sock, buffer)
+
+    async def aclose(self) -> None:
+        self._sock.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with _mapped(timeout, httpcore.ConnectTimeout, httpcore.ConnectError):
+                reader, writer = await asyncio.open_connection(
+                    sock=self._sock,
+                    ssl=ssl_context,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=timeout or None,
+                    limit=2**16,
+                )
+        except BaseException:
+            self._sock.close()
+            raise
+        return TLSStream(reader, writer)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":
+            # An idle pooled connection that is readable was closed (or spoken to) by the
+            # server: httpcore then drops it instead of sending a request on it.
+            return is_socket_readable(self._sock)
+        if info == "client_addr":
+            return self._sock.getsockname()
+        if info == "server_addr":
+            return self._sock.getpeername()
+        return None
+
+
+class TLSStream(httpcore.AsyncNetworkStream):
+    """A TLS connection over asyncio's SSL transport."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        async with _mapped(timeout, httpcore.ReadTimeout, httpcore.ReadError):
+            return await self._reader.read(max_bytes)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        async with _mapped(timeout, httpcore.WriteTimeout, httpcore.WriteError):
+            self._writer.write(buffer)
+            await self._writer.drain()
+
+    async def aclose(self) -> None:
+        self._writer.close()
+
+    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        raise httpcore.UnsupportedProtocol("TLS within TLS is not supported.")
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._writer.get_extra_info("ssl_object")
+        if info == "is_readable":
+            # The SSL transport reads ahead into its buffer, so the socket alone cannot say.
+            if self._reader.at_eof() or self._writer.is_closing():
+                return True
+            sock = self._writer.get_extra_info("socket")
+            return sock is not None and is_socket_readable(sock)
+        if info == "socket":
+            return self._writer.get_extra_info("socket")
+        if info == "client_addr":
+            return self._writer.get_extra_info("sockname")
+        if info == "server_addr":
+            return self._writer.get_extra_info("peername")
+        return None
+
+
+class SocketBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend on the running event loop's socket calls."""
+
+    def __init__(self) -> None:
+        self._unix = AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        async with _mapped(timeout, httpcore.ConnectTimeout, httpcore.ConnectError):
+            addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            if not addresses:
+                raise OSError(f"no address for {host}")
+            error: OSError | None = None
+            for family, kind, proto, _, address in addresses:
+                sock = socket.socket(family, kind, proto)
+                try:
+                    sock.setblocking(False)
+                    # As asyncio's own connections do: small writes go out at once.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    for option in socket_options or ():
+                        sock.setsockopt(*option)
+                    if local_address:
+                        sock.bind((local_address, 0))
+                    await loop.sock_connect(sock, address)
+                except OSError as exc:
+                    sock.close()
+                    error = exc
+                    continue
+                except BaseException:  # a timeout or a cancellation: no socket left behind
+                    sock.close()
+                    raise
+                return SocketStream(sock)
+            raise error or OSError(f"could not connect to {host}")
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._unix.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def install(transport: object) -> bool:
+    """Give an httpx transport's connection pool this backend; False if it has no such pool
+    (a mock transport in tests, or an httpx whose internals moved: then anyio's stays)."""
+    pool = getattr(transport, "_pool", None)
+    if not isinstance(pool, httpcore.AsyncConnectionPool) or not hasattr(pool, "_network_backend"):
+        return False
+    pool._network_backend = SocketBackend()
+    return True

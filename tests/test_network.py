@@ -1,0 +1,189 @@
+"""The upstream client's socket backend (playground/network.py), over plain TCP and TLS, against
+the loopback upstream: streams arrive whole, connections are reused, and failures come out as
+the same errors users saw with httpx's default backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+
+import httpcore
+import httpx
+import pytest
+import trustme
+from upstream import closed_port_url, running_upstream
+
+from playground import network
+from playground.backends import Backend
+from playground.completions import (
+    CompletionRequest,
+    ErrorKind,
+    UpstreamError,
+    make_client,
+    stream_completion,
+)
+
+REQUEST = CompletionRequest(model="bigcode/starcoder2-7b", prompt="def f():", max_tokens=8)
+TOKENS = ["\n", "    return", " 1", "\n"]
+
+
+def backend(base_url: str) -> Backend:
+    return Backend(
+        id="net", label="Net", kind="openai", model="bigcode/starcoder2-7b", base_url=base_url
+    )
+
+
+async def run(client: httpx.AsyncClient, base_url: str) -> str:
+    text = []
+    async with contextlib.aclosing(stream_completion(client, backend(base_url), REQUEST)) as d:
+        async for delta in d:
+            text.append(delta.text)
+    return "".join(text)
+
+
+def pool_backend(client: httpx.AsyncClient):
+    return client._transport._pool._network_backend
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_upstream(authority):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    with running_upstream(tls=context) as server:
+        yield server
+
+
+def trusting_client(authority: trustme.CA | None) -> httpx.AsyncClient:
+    """What make_client builds, trusting our throwaway authority (or nothing of ours)."""
+    context = ssl.create_default_context()
+    if authority is not None:
+        authority.configure_trust(context)
+    client = httpx.AsyncClient(verify=context, timeout=5.0)
+    assert network.install(client._transport)
+    return client
+
+
+def test_the_app_client_reads_through_the_socket_backend():
+    async def go():
+        async with make_client() as client:
+            return pool_backend(client)
+
+    assert isinstance(asyncio.run(go()), network.SocketBackend)
+
+
+def test_a_mock_transport_is_left_alone():
+    transport = httpx.MockTransport(lambda request: httpx.Response(200))
+    assert network.install(transport) is False
+
+
+def test_streams_in_pieces_over_plain_tcp(upstream):
+    upstream.script(tokens=TOKENS, chunk_delay=0.01)
+    upstream.script(tokens=TOKENS, newline="\r\n")
+
+    async def go():
+        async with make_client() as client:
+            return [await run(client, upstream.base_url) for _ in range(2)]
+
+    assert asyncio.run(go()) == ["".join(TOKENS)] * 2
+
+
+def test_streams_over_tls_with_a_trusted_certificate(tls_upstream, authority):
+    tls_upstream.script(tokens=TOKENS, chunk_delay=0.01)
+    opened: list[network.TLSStream] = []
+    real_init = network.TLSStream.__init__
+
+    def recording(self, reader, writer):
+        real_init(self, reader, writer)
+        opened.append(self)
+
+    async def go():
+        async with trusting_client(authority) as client:
+            return await run(client, tls_upstream.base_url)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(network.TLSStream, "__init__", recording)
+        assert asyncio.run(go()) == "".join(TOKENS)
+    assert len(opened) == 1
+    assert tls_upstream.requests[0].path == "/v1/completions"
+
+
+def test_an_untrusted_certificate_is_refused_as_unreachable(tls_upstream):
+    async def go():
+        async with trusting_client(None) as client:
+            await run(client, tls_upstream.base_url)
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(go())
+    assert raised.value.kind is ErrorKind.UNAVAILABLE
+    assert "Could not reach the backend" in raised.value.message
+    assert tls_upstream.requests == []  # nothing was sent over the unverified connection
+
+
+def test_a_closed_port_is_unreachable():
+    async def go():
+        async with make_client() as client:
+            await run(client, closed_port_url())
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(go())
+    assert raised.value.kind is ErrorKind.UNAVAILABLE
+    assert "Could not reach the backend" in raised.value.message
+
+
+def test_a_silent_upstream_is_a_read_timeout_and_a_deaf_one_a_connect_timeout(upstream):
+    upstream.script(tokens=TOKENS, fail="stall_mid_stream", fail_after=1, stall=5.0)
+    quick = httpx.Timeout(connect=0.5, read=0.3, write=0.5, pool=0.5)
+
+    async def silent():
+        async with make_client(timeout=quick) as client:
+            await run(client, upstream.base_url)
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(silent())
+    assert raised.value.kind is ErrorKind.TIMEOUT
+    assert "sent nothing for 0.3 s" in raised.value.message
+
+
+def test_a_listener_that_never_accepts_is_a_connect_timeout():
+    # A full accept queue: the kernel drops further handshakes, so connecting hangs.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+                fillers.append(filler)
+
+            async def go():
+                await network.SocketBackend().connect_tcp("127.0.0.1", port, timeout=0.3)
+
+            with pytest.raises(httpcore.ConnectTimeout):
+                asyncio.run(go())
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_a_reset_mid_stream_is_a_dropped_connection(upstream):
+    upstream.script(tokens=TOKENS * 4, fail="reset_mid_stream", fail_after=2)
+
+    async def go():
+        async with make_client() as client:
+            await run(client, upstream.base_url)
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(go())
+    assert raised.value.kind is ErrorKind.UNAVAILABLE
+    assert "dropped" in raised.value.message
