@@ -1152,7 +1152,9 @@ async def _stream_once(
                     yield delta
                 if chunk is None:
                     break
-                if read_interval and text_seen and len(chunk) < _SMALL_READ:
+                if read_interval and text_seen and not finished and len(chunk) < _SMALL_READ:
+                    # Not once a finish_reason came: the stream's last chunks follow at once,
+                    # and pausing for them would only delay the end of the run.
                     await asyncio.sleep(read_interval)  # the next read checks the deadline
             # [DONE] is a convention, not a guarantee: a finish_reason already said it is over.
             if not finished:

@@ -4,9 +4,10 @@ httpx reads through httpcore, and httpcore through a "network backend". Its defa
 each read of a stream behind a cancel scope, a protocol buffer and a pause/resume of the socket's
 polling: on a paced upstream (one small chunk per token) that machinery cost the relay more CPU
 than everything else it does per token (docs/PERFORMANCE.md). This backend does the same job
-with the event loop's own socket calls: a read first takes whatever the kernel already holds
-(after the relay's short pause between reads, usually several tokens' worth) without polling at
-all, and only waits with `loop.sock_recv` when nothing is there. httpx and httpcore keep doing
+with the event loop's own socket calls: a read yields to the loop once (so cancellations and
+other tasks still get their turn), takes whatever the kernel already holds (after the relay's
+short pause between reads, usually several tokens' worth) without polling, and only waits with
+`loop.sock_recv` when nothing is there. httpx and httpcore keep doing
 everything else (HTTP/1.1 parsing, pooling, keep-alive, limits, proxies, timeouts' meaning), and
 their exception types are raised exactly where anyio's backend raises them, so error handling
 upstream of here (completions._error_from_exception) sees no difference.
@@ -56,6 +57,10 @@ class SocketStream(httpcore.AsyncNetworkStream):
         self._loop = asyncio.get_running_loop()
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        # A checkpoint first, as anyio's reads make: a cancellation (the run's deadline, the
+        # browser leaving) lands here even when data is waiting, and an upstream that is always
+        # ahead of us cannot keep the event loop from the other streams.
+        await asyncio.sleep(0)
         try:
             # What has already arrived is taken at once: no poll, no wake-up.
             return self._sock.recv(max_bytes)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from playground.rendering import probability_bucket, whitespace_visible
 
@@ -47,6 +47,36 @@ class Overview:
     lines: list[Line]
     surprising: list[Surprise]
     chart: SafeString
+
+    def gutter(self) -> SafeString:
+        """The gutter's marks, one per line, as HTML.
+
+        Written here rather than in a template loop: a long completion has hundreds of lines,
+        and the template engine's lookups and number localisation per line were the largest
+        part of a run's final message (docs/PERFORMANCE.md). Every value is a number we
+        computed or a percentage we formatted, never model text, so there is nothing to escape.
+        """
+        marks = []
+        for line in self.lines:
+            if line.index is None:
+                marks.append('<span class="g"></span>')
+                continue
+            label = f"Line {line.number}: least likely token {percent(line.probability)}"
+            marks.append(
+                f'<button type="button" class="g p{line.bucket}" data-jump="{line.index}" '
+                f'title="{label}" aria-label="{label}"></button>'
+            )
+        return mark_safe("".join(marks))  # noqa: S308 (numbers and our own words only)
+
+
+def percent(probability: float) -> str:
+    """A probability as a short percentage: 12.3%, 4.56%, <0.01%."""
+    p = probability * 100
+    if p >= 10:
+        return f"{p:.1f}%"
+    if p >= 0.01:
+        return f"{p:.2f}%"
+    return "<0.01%"
 
 
 def _pairs(tokens: Sequence) -> list[tuple[str, float | None]]:

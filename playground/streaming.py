@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -49,13 +50,14 @@ from playground.rendering import render_completion, render_plain
 
 log = logging.getLogger(__name__)
 
-# One event per token costs the browser a swap each and this worker a write each; 30 ms batches
-# are below what a reader notices.
-COALESCE_SECONDS = 0.03
+# One event per token costs the browser a swap each and this worker a write each: text is sent
+# at most 20 times a second, as smooth as reading needs (docs/PERFORMANCE.md measures the CPU).
+COALESCE_SECONDS = 0.05
 # Reading the upstream socket at most about as often as we write: a paced upstream sends one
-# chunk per token, and a read with its wake-up costs more than the chunk's parsing. Measured in
-# docs/PERFORMANCE.md: about a third less CPU per token relayed.
-READ_INTERVAL_SECONDS = 0.025
+# chunk per token, and a read with its wake-up costs more than the chunk's parsing. The pause
+# starts only after the first text (the first token is never delayed) and stops once the run's
+# finish_reason arrives (nor is its end).
+READ_INTERVAL_SECONDS = 0.05
 # Proxies close idle connections; a comment line keeps a long prefill alive.
 PING_SECONDS = 15.0
 PAGE = "playground/page.html"
@@ -164,8 +166,7 @@ async def relay(backend: Backend, request: CompletionRequest, *, record=None):
     """
     run = Run(backend=backend, request=request)
     ended = False
-    start = {"backend": backend, "error_slots": ERROR_SLOTS}
-    yield sse_message(render_to_string(f"{PAGE}#run-start", start))
+    yield run_start(backend.label)
 
     queue: list[Delta] = []
     wake = asyncio.Event()
@@ -226,8 +227,19 @@ async def relay(backend: Backend, request: CompletionRequest, *, record=None):
     if record is not None:
         # Shielded: a disconnect while rendering or saving must not lose the run.
         context["record"] = await asyncio.shield(saving)
-    yield sse_message(render_to_string(f"{PAGE}#run-end", context))
+    # In a worker thread, like the render: the run-end fragment (the overview's gutter, the
+    # history item) is a few milliseconds of template work the other streams need not wait for.
+    end = await asyncio.to_thread(render_to_string, f"{PAGE}#run-end", context)
+    yield sse_message(end)
     yield sse_message(json.dumps(context["summary"]), event="done")
+
+
+@functools.lru_cache(maxsize=64)
+def run_start(label: str) -> bytes:
+    """The first message of a run, which clears the last one's output: the same for every run
+    of a backend, so rendered once (it is on the way to every first token)."""
+    start = {"backend": {"label": label}, "error_slots": ERROR_SLOTS}
+    return sse_message(render_to_string(f"{PAGE}#run-start", start))
 
 
 async def pump(run: Run, sink: Callable[[Delta], None]) -> None:

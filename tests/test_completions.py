@@ -644,6 +644,32 @@ def test_reading_at_an_interval_gives_the_same_deltas_and_pauses_only_after_text
     assert asyncio.run(go()) == RECORDED_DELTAS
     assert pauses, "small reads after the first text are followed by a pause"
     assert set(pauses) == {0.025}
+
+
+def test_reading_at_an_interval_stops_pausing_once_the_finish_reason_came(monkeypatch):
+    pauses: list[float] = []
+
+    async def pause(seconds):
+        pauses.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", pause)
+    pieces = [
+        frames({"choices": [{"index": 0, "text": "a", "finish_reason": None}]}),
+        frames({"choices": [{"index": 0, "text": "b", "finish_reason": None}]}),
+        frames({"choices": [{"index": 0, "text": "c", "finish_reason": "length"}]}),
+        frames({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 3}}),
+        frames("[DONE]"),
+    ]
+
+    async def go():
+        transport = httpx.MockTransport(lambda request: sse_response(pieces))
+        async with make_client(transport=transport) as client:
+            stream = stream_completion(client, backend_for(), REQUEST, read_interval=0.05)
+            async with contextlib.aclosing(stream) as deltas:
+                return "".join([delta.text async for delta in deltas])
+
+    assert asyncio.run(go()) == "abc"
+    assert pauses == [0.05, 0.05], "after the text of a and b, none after the finish"
     assert len(pauses) < len(pieces)
 
 

@@ -234,6 +234,20 @@ def test_the_overview_marks_each_lines_least_likely_token_and_the_most_surprisin
     assert build_overview([["a", None, []]], "a") is None
 
 
+def test_the_gutter_has_a_mark_per_line_and_a_button_where_a_token_is_known():
+    tokens = [["a", -0.1, []], ["\n", None, []], ["\n", None, []], ["b", -4.0, []]]
+    gutter = str(build_overview(tokens, "a\n\nb").gutter())
+    assert gutter == (
+        '<button type="button" class="g p9" data-jump="0" '
+        'title="Line 1: least likely token 90.5%" aria-label="Line 1: least likely token 90.5%">'
+        "</button>"
+        '<span class="g"></span>'
+        '<button type="button" class="g p0" data-jump="3" '
+        'title="Line 3: least likely token 1.83%" aria-label="Line 3: least likely token 1.83%">'
+        "</button>"
+    )
+
+
 def test_the_replay_uses_the_stored_tokens_or_else_the_whole_text():
     run = SimpleNamespace(tokens=TOKENS, text="    return a\n")
     assert replay_pieces(run) == ["    ", "return", " a", "\n"]

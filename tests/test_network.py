@@ -187,3 +187,40 @@ def test_a_reset_mid_stream_is_a_dropped_connection(upstream):
         asyncio.run(go())
     assert raised.value.kind is ErrorKind.UNAVAILABLE
     assert "dropped" in raised.value.message
+
+
+def test_the_runs_deadline_holds_when_data_is_always_waiting(upstream, settings):
+    # Keep-alive pings every 0.2 s, read after pauses: every read finds data already there.
+    settings.UPSTREAM_TOTAL_TIMEOUT = 1.0
+    upstream.script(tokens=TOKENS, fail="never_ends", fail_after=2, stall=0.05)
+
+    async def go():
+        async with make_client() as client:
+            stream = stream_completion(
+                client, backend(upstream.base_url), REQUEST, read_interval=0.1
+            )
+            async with contextlib.aclosing(stream) as deltas:
+                async for _ in deltas:
+                    pass
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(go())
+    assert raised.value.kind is ErrorKind.TIMEOUT
+    assert "time limit" in raised.value.message
+
+
+def test_a_read_yields_to_the_loop_even_when_data_is_waiting():
+    # What keeps a fast upstream from holding the event loop, and lets a deadline land.
+    async def go():
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.sendall(b"already here")
+        ran: list[str] = []
+        asyncio.get_running_loop().call_soon(ran.append, "other task")
+        data = await network.SocketStream(ours).read(1024)
+        seen = list(ran)  # as the read returned
+        ours.close()
+        theirs.close()
+        return data, seen
+
+    assert asyncio.run(go()) == (b"already here", ["other task"])

@@ -8,6 +8,7 @@ from django.utils.html import format_html_join
 
 from playground.branching import navigator
 from playground.overview import build_overview
+from playground.overview import percent as overview_percent
 
 register = template.Library()
 
@@ -61,9 +62,4 @@ def confidence_overview(run, past_run=None):
 
 @register.filter
 def percent(probability: float) -> str:
-    p = probability * 100
-    if p >= 10:
-        return f"{p:.1f}%"
-    if p >= 0.01:
-        return f"{p:.2f}%"
-    return "<0.01%"
+    return overview_percent(probability)
