@@ -1136,6 +1136,7 @@ async def _stream_once(
             assembler = TokenAssembler()
             finished = False
             text_seen = False
+            received = 0  # tokens (chunks with text, where a chunk carries no logprobs)
             while True:
                 async with _within(deadline, limit):
                     chunk = await anext(chunks, None)
@@ -1149,12 +1150,19 @@ async def _stream_once(
                     delta = _delta(_parse_chunk(data, backend, request), assembler)
                     finished = finished or delta.finish_reason is not None
                     text_seen = text_seen or bool(delta.text)
+                    received += len(delta.tokens) or bool(delta.text)
                     yield delta
                 if chunk is None:
                     break
-                if read_interval and text_seen and not finished and len(chunk) < _SMALL_READ:
-                    # Not once a finish_reason came: the stream's last chunks follow at once,
-                    # and pausing for them would only delay the end of the run.
+                if (
+                    read_interval
+                    and text_seen
+                    and not finished
+                    and received < request.max_tokens
+                    and len(chunk) < _SMALL_READ
+                ):
+                    # Not once a finish_reason came, nor once max_tokens tokens did: the stream's
+                    # last chunks follow at once, and pausing for them would delay the run's end.
                     await asyncio.sleep(read_interval)  # the next read checks the deadline
             # [DONE] is a convention, not a guarantee: a finish_reason already said it is over.
             if not finished:

@@ -160,6 +160,12 @@ def _take_user_slot(who: str) -> str | None | Refusal:
     return user_key
 
 
+def _cache_in_process() -> bool:
+    """The local-memory cache (the default on one machine) never blocks; Redis does."""
+    backend = settings.CACHES["default"]["BACKEND"]
+    return backend == "django.core.cache.backends.locmem.LocMemCache"
+
+
 def _admit(who: str) -> str | None | Refusal:
     refusal = _rate_limit(who)
     return refusal if refusal is not None else _take_user_slot(who)
@@ -177,10 +183,14 @@ async def admit(request: HttpRequest) -> Slot | Refusal:
             )
         _running += 1  # reserved now, so concurrent admissions cannot overshoot
     try:
-        # Cache calls block (Redis is a network round trip): in a worker thread.
-        # thread_sensitive=False: they must not queue behind other requests' sync work.
+        # Cache calls to Redis block (a network round trip): in a worker thread, and
+        # thread_sensitive=False, so they do not queue behind other requests' sync work.
         user = await request.auser() if hasattr(request, "auser") else None
-        taken = await sync_to_async(_admit, thread_sensitive=False)(identity(request, user))
+        who = identity(request, user)
+        if _cache_in_process():
+            taken = _admit(who)  # a dict and a lock: no I/O, no reason for a thread hop
+        else:
+            taken = await sync_to_async(_admit, thread_sensitive=False)(who)
     except BaseException:
         with _running_lock:
             _running -= 1

@@ -670,6 +670,29 @@ def test_reading_at_an_interval_stops_pausing_once_the_finish_reason_came(monkey
 
     assert asyncio.run(go()) == "abc"
     assert pauses == [0.05, 0.05], "after the text of a and b, none after the finish"
+
+
+def test_reading_at_an_interval_stops_pausing_once_max_tokens_arrived(monkeypatch):
+    pauses: list[float] = []
+
+    async def pause(seconds):
+        pauses.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", pause)
+    pieces = [frames({"choices": [{"index": 0, "text": t, "finish_reason": None}]}) for t in "abc"]
+    pieces.append(frames({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}))
+    pieces.append(frames("[DONE]"))
+    request = CompletionRequest(model=MODEL, prompt="p", max_tokens=3)
+
+    async def go():
+        transport = httpx.MockTransport(lambda request: sse_response(pieces))
+        async with make_client(transport=transport) as client:
+            stream = stream_completion(client, backend_for(), request, read_interval=0.05)
+            async with contextlib.aclosing(stream) as deltas:
+                return "".join([delta.text async for delta in deltas])
+
+    assert asyncio.run(go()) == "abc"
+    assert pauses == [0.05, 0.05], "after a and b; the third token was the last one asked for"
     assert len(pauses) < len(pieces)
 
 
