@@ -85,6 +85,30 @@ def upstream(delay_ms: float = 5.0) -> Iterator[Upstream]:
         stop(process)
 
 
+@contextlib.contextmanager
+def floor(upstream_port: int) -> Iterator[App]:
+    """The minimal relay (bench/floor.py) in its own process, in front of the upstream."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.floor",
+            "--port",
+            str(port),
+            "--upstream-port",
+            str(upstream_port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process)
+        yield App(port, process)
+    finally:
+        stop(process)
+
+
 class App:
     def __init__(self, port: int, process: subprocess.Popen) -> None:
         self.port = port

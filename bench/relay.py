@@ -148,9 +148,49 @@ def concurrency(
             with procs.PeakRss(app.pid) as peak:
                 relay = procs.run_load(spec("relay", app.port, streams, csrf, seed=20_000))
             used = {k: v - before[k] for k, v in snapshot(app.pid, upstream.pid).items()}
+        floor_run = minimal_relay(upstream_port, streams)
         rows += level_rows(streams, direct, relay, used, peak.peak - rss_before)
+        rows += floor_rows(streams, direct, floor_run)
         raw[streams] = {"direct": direct, "relay": relay, "used": used, "per_request": per_request}
     return rows, raw
+
+
+def minimal_relay(upstream_port: int, streams: int) -> dict:
+    """The same streams through the minimal relay (bench/floor.py), and its CPU."""
+    with procs.floor(upstream_port) as relay:
+        procs.run_load(spec("relay", relay.port, 4))  # warm-up
+        before = procs.cpu_seconds(relay.pid)
+        run = procs.run_load(spec("relay", relay.port, streams, seed=40_000))
+        run["cpu"] = procs.cpu_seconds(relay.pid) - before
+    return run
+
+
+def floor_rows(streams: int, direct: dict, run: dict) -> list[Row]:
+    ok = [r for r in run["results"] if r["ok"]]
+    d_ttfts = [r["ttft"] for r in direct["results"] if r["ok"]]
+    ttfts = [r["ttft"] for r in ok] or [float("nan")]
+    p50 = statistics.median(ttfts) - statistics.median(d_ttfts)
+    p95 = percentile(ttfts, 0.95) - percentile(d_ttfts, 0.95)
+    tokens = len(ok) * TOKENS
+    cpu_per_k = run["cpu"] / (tokens / 1000) if tokens else float("nan")
+    direct_rate = len(d_ttfts) * TOKENS / direct["wall"]
+    section = f"2 Concurrency, {streams} streams"
+    return [
+        Row(
+            section,
+            "floor: minimal relay, TTFT overhead median / p95",
+            f"{p50 * 1000:.1f} / {p95 * 1000:.1f} ms",
+            f"bench/floor.py, same cadence, no Django, tokens, render or save; "
+            f"{streams - len(ok)} errors",
+        ),
+        Row(
+            section,
+            "floor: minimal relay, CPU per 1,000 tokens",
+            f"{cpu_per_k * 1000:.1f} ms",
+            f"{run['cpu']:.2f} CPU-s; at the direct rate ({direct_rate:,.0f} tok/s) it needs "
+            f"{direct_rate / 1000 * cpu_per_k:.2f} cores",
+        ),
+    ]
 
 
 def snapshot(app_pid: int, upstream_pid: int) -> dict[str, float]:
@@ -206,7 +246,8 @@ def level_rows(streams: int, direct: dict, relay: dict, used: dict, rss_delta: i
             section,
             "app CPU per 1,000 tokens",
             f"{cpu_per_k * 1000:.1f} ms",
-            f"{cpu:.2f} CPU-s; client {relay['client_cpu']:.2f} CPU-s",
+            f"{cpu:.2f} CPU-s; client {relay['client_cpu']:.2f} CPU-s; at the direct rate "
+            f"it needs {direct_rate / 1000 * cpu_per_k:.2f} cores of the worker's one",
             "≤ 25 ms",
             cpu_per_k <= 0.025,
         ),

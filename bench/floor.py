@@ -1,0 +1,163 @@
+"""The floor: the least a relay written in Python does per stream, measured beside the app.
+
+`python -m bench.floor --port N --upstream-port M` serves `POST /generate` the way the load
+generator calls the app, and does only what no relay can skip: it opens the upstream stream,
+reads it at the app's pace (a pause of READ_INTERVAL after each small read, so several tokens
+come per read), parses each chunk's JSON (orjson) for its text, and writes the escaped text as
+SSE events coalesced every COALESCE seconds, then the `done` event. No Django, no form, no
+limits, no token objects, no highlighting, no saving: a lower bound, not a product. Raw asyncio
+on uvloop, its own process, like the app (one worker).
+
+What it costs per 1,000 tokens, and its time to first token with N streams at once, is where
+the floor is on this machine for sections 1 and 2 (docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import json
+import socket
+import sys
+import time
+from urllib.parse import parse_qs
+
+import orjson
+
+# The app's cadence, read from playground/streaming.py at startup (main), so the comparison
+# is like for like.
+COALESCE_SECONDS = READ_INTERVAL_SECONDS = 0.0
+
+HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+    b"cache-control: no-cache\r\nconnection: close\r\n\r\n"
+)
+
+
+def event(text: str) -> bytes:
+    lines = f"<span>{html.escape(text, quote=False)}</span>".split("\n")
+    return ("".join(f"data: {line}\n" for line in lines) + "\n").encode()
+
+
+def upstream_request(form: dict[str, list[str]], port: int) -> bytes:
+    def value(name: str, default: str = "") -> str:
+        return form.get(name, [default])[0]
+
+    body = json.dumps(
+        {
+            "model": "default",
+            "prompt": value("prompt"),
+            "max_tokens": int(value("max_tokens", "16")),
+            "temperature": float(value("temperature", "0.2")),
+            "top_p": float(value("top_p", "1")),
+            "logprobs": int(value("logprobs", "0")),
+            "stream": True,
+            "seed": int(value("seed", "0")),
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Accept: text/event-stream\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    sock = None
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        form = parse_qs((await reader.readexactly(length)).decode())
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, upstream_request(form, port))
+        writer.write(HEAD)
+        buffer = b""
+        pending: list[str] = []
+        last_write = 0.0
+        seen_text = False
+        in_head = True
+        while True:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                data = await loop.sock_recv(sock, 65536)
+            if not data:
+                break
+            buffer += data
+            if in_head:
+                if b"\r\n\r\n" not in buffer:
+                    continue
+                buffer = buffer.split(b"\r\n\r\n", 1)[1]
+                in_head = False
+            *frames, buffer = buffer.split(b"\n\n")
+            for frame in frames:
+                payload = frame[6:]
+                if payload == b"[DONE]":
+                    continue
+                choices = orjson.loads(payload).get("choices")
+                if choices and choices[0].get("text"):
+                    pending.append(choices[0]["text"])
+            now = time.perf_counter()
+            if pending and (not seen_text or now - last_write >= COALESCE_SECONDS):
+                writer.write(event("".join(pending)))
+                pending.clear()
+                last_write = now
+                seen_text = True
+            if seen_text and len(data) < 16384:
+                await asyncio.sleep(READ_INTERVAL_SECONDS)
+        if pending:
+            writer.write(event("".join(pending)))
+        writer.write(b'event: done\ndata: {"status":"complete"}\n\n')
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        if sock is not None:
+            sock.close()
+        writer.close()
+
+
+async def serve(port: int, upstream_port: int) -> None:
+    server = await asyncio.start_server(
+        lambda r, w: relay(r, w, upstream_port), "127.0.0.1", port, backlog=2048
+    )
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream-port", type=int, required=True)
+    args = parser.parse_args()
+    import os
+
+    import django
+    import uvloop
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "playground.settings")
+    django.setup()
+    from playground import streaming
+
+    global COALESCE_SECONDS, READ_INTERVAL_SECONDS
+    COALESCE_SECONDS = streaming.COALESCE_SECONDS
+    READ_INTERVAL_SECONDS = streaming.READ_INTERVAL_SECONDS
+
+    try:
+        uvloop.run(serve(args.port, args.upstream_port))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
