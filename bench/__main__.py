@@ -58,13 +58,28 @@ def run(only: set[str]) -> list[Row]:
     return rows
 
 
-def block(rows: list[Row], seconds: float) -> str:
+def speed_probe() -> float:
+    """CPU-seconds for a fixed pure-Python loop, best of 3: how fast this machine is right now.
+    On a shared VM it varies; the same code's numbers scale with it."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def block(rows: list[Row], seconds: float, probes: tuple[float, float]) -> str:
     machine = procs.machine()
     load = Path("/proc/loadavg").read_text().split()[:3]
     lines = [
         BEGIN,
         f"Latest run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all "
-        f"(`python -m bench`). Load average at the end: {' / '.join(load)}.",
+        f"(`python -m bench`). Load average at the end: {' / '.join(load)}. Speed probe (a "
+        f"fixed Python loop, lower is faster): {probes[0] * 1000:.0f} ms at the start, "
+        f"{probes[1] * 1000:.0f} ms at the end.",
         "",
         markdown_machine(machine),
         "",
@@ -78,11 +93,11 @@ def markdown_machine(machine: dict[str, str]) -> str:
     return "\n".join(f"- **{key}**: {value}" for key, value in machine.items())
 
 
-def write(rows: list[Row], seconds: float) -> None:
+def write(rows: list[Row], seconds: float, probes: tuple[float, float]) -> None:
     text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
-    DOC.write_text(head + block(rows, seconds) + tail)
+    DOC.write_text(head + block(rows, seconds, probes) + tail)
 
 
 def main() -> None:
@@ -91,13 +106,18 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not touch PERFORMANCE.md")
     args = parser.parse_args()
     only = set(args.only.split(","))
+    first_probe = speed_probe()
     started = time.perf_counter()
     rows = run(only)
     seconds = time.perf_counter() - started
+    probes = (first_probe, speed_probe())
     print(report.text_table(rows))
-    print(f"\n{seconds:.0f} s; machine: {procs.machine()['CPU']}")
+    print(
+        f"\n{seconds:.0f} s; machine: {procs.machine()['CPU']}; speed probe "
+        f"{probes[0] * 1000:.0f} / {probes[1] * 1000:.0f} ms"
+    )
     if not args.no_write and only == set("123456"):
-        write(rows, seconds)
+        write(rows, seconds, probes)
         print(f"wrote {DOC.relative_to(procs.ROOT)}")
 
 
