@@ -55,8 +55,8 @@ log = logging.getLogger(__name__)
 COALESCE_SECONDS = 0.05
 # Reading the upstream socket at most about as often as we write: a paced upstream sends one
 # chunk per token, and a read with its wake-up costs more than the chunk's parsing. The pause
-# starts only after the first text (the first token is never delayed) and stops once the run's
-# finish_reason arrives (nor is its end).
+# starts only after the first text (the first token is never delayed) and stops once a
+# finish_reason or max_tokens tokens arrived (nor is the run's end): see stream_completion.
 READ_INTERVAL_SECONDS = 0.05
 # Proxies close idle connections; a comment line keeps a long prefill alive.
 PING_SECONDS = 15.0
