@@ -1142,8 +1142,7 @@ async def _stream_once(
                     chunk = await anext(chunks, None)
                 for data in parser.feed(chunk) if chunk is not None else parser.close():
                     if data.strip() == "[DONE]":
-                        # Not drained: waiting for the body's end could hang on a server that
-                        # keeps the connection open, so the connection is closed, not pooled.
+                        await _finish_body(chunks)
                         return
                     if not data.strip():
                         continue
@@ -1169,6 +1168,23 @@ async def _stream_once(
                 raise UpstreamError(
                     ErrorKind.PROTOCOL, "The stream ended before the completion finished."
                 )
+
+
+# How long to wait, after `[DONE]`, for the body's end to arrive.
+_BODY_END_SECONDS = 0.02
+
+
+async def _finish_body(chunks: AsyncIterator[bytes]) -> None:
+    """Read the rest of a stream's body if it ends at once, so that the connection goes back to
+    the pool and the next run skips a new connection (and for https a new TLS handshake).
+
+    Servers end the body right after `[DONE]` (usually in the same packet). One that holds it
+    open is not waited for: after a few milliseconds the connection is closed, not pooled.
+    """
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(_BODY_END_SECONDS):
+            async for _ in chunks:
+                pass
 
 
 # A read below this size means the upstream is slower than we read: waiting costs no throughput.

@@ -224,3 +224,28 @@ def test_a_read_yields_to_the_loop_even_when_data_is_waiting():
         return data, seen
 
     assert asyncio.run(go()) == (b"already here", ["other task"])
+
+
+def test_a_finished_stream_hands_its_connection_back_for_the_next_run(upstream):
+    upstream.script(tokens=TOKENS, chunk_delay=0.01)
+    upstream.script(tokens=TOKENS)
+
+    async def go():
+        async with make_client() as client:
+            return [await run(client, upstream.base_url) for _ in range(2)]
+
+    assert asyncio.run(go()) == ["".join(TOKENS)] * 2
+    assert upstream.connections == 1, "the second run reused the first one's connection"
+
+
+def test_a_server_holding_the_body_open_after_done_is_not_waited_for(upstream):
+    upstream.script(tokens=TOKENS, fail="holds_after_done", stall=30)
+    upstream.script(tokens=TOKENS)
+
+    async def go():
+        async with make_client() as client:
+            return [await run(client, upstream.base_url) for _ in range(2)]
+
+    # Without a bound on the wait for the body's end, the first run would take 30 s.
+    assert asyncio.run(go()) == ["".join(TOKENS)] * 2
+    assert upstream.connections == 2, "the held connection was closed, not pooled"

@@ -47,6 +47,7 @@ FAILURES = (
     "never_ends",
     "ends_early",
     "no_done",
+    "holds_after_done",
 )
 DEFAULT_TOKENS = ("    return", " a", " +", " b", "\n")
 CREATED = 1760000000
@@ -635,6 +636,9 @@ def _actions(script: Script, request: Mapping[str, Any]) -> list[tuple[str, Any]
             ]
         else:
             actions.append(("write", _http_chunk(frame)))
+    if fail == "holds_after_done":
+        # `[DONE]` sent, but the body's end (and the connection) held back for `stall` s.
+        actions.append(("sleep", script.stall))
     actions.append(("write", b"0\r\n\r\n"))
     return actions
 
