@@ -122,6 +122,8 @@ class TLSStream(httpcore.AsyncNetworkStream):
         self._writer = writer
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        # A checkpoint, as in SocketStream.read: buffered data returns without suspending.
+        await asyncio.sleep(0)
         async with _mapped(timeout, httpcore.ReadTimeout, httpcore.ReadError):
             return await self._reader.read(max_bytes)
 

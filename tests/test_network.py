@@ -226,6 +226,18 @@ def test_a_read_yields_to_the_loop_even_when_data_is_waiting():
     assert asyncio.run(go()) == (b"already here", ["other task"])
 
 
+def test_a_tls_read_yields_to_the_loop_even_when_data_is_buffered():
+    async def go():
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"decrypted already")
+        ran: list[str] = []
+        asyncio.get_running_loop().call_soon(ran.append, "other task")
+        data = await network.TLSStream(reader, writer=None).read(1024)
+        return data, list(ran)
+
+    assert asyncio.run(go()) == (b"decrypted already", ["other task"])
+
+
 def test_a_finished_stream_hands_its_connection_back_for_the_next_run(upstream):
     upstream.script(tokens=TOKENS, chunk_delay=0.01)
     upstream.script(tokens=TOKENS)
