@@ -644,56 +644,51 @@ def test_reading_at_an_interval_gives_the_same_deltas_and_pauses_only_after_text
     assert asyncio.run(go()) == RECORDED_DELTAS
     assert pauses, "small reads after the first text are followed by a pause"
     assert set(pauses) == {0.025}
+    assert len(pauses) < len(pieces)
 
 
-def test_reading_at_an_interval_stops_pausing_once_the_finish_reason_came(monkeypatch):
+def read_with_pauses(monkeypatch, pieces: list[bytes], request=REQUEST) -> tuple[str, list]:
+    """The text of a stream read with a 0.05 s interval, and the pauses taken (not slept)."""
     pauses: list[float] = []
 
     async def pause(seconds):
         pauses.append(seconds)
 
     monkeypatch.setattr(asyncio, "sleep", pause)
-    pieces = [
-        frames({"choices": [{"index": 0, "text": "a", "finish_reason": None}]}),
-        frames({"choices": [{"index": 0, "text": "b", "finish_reason": None}]}),
-        frames({"choices": [{"index": 0, "text": "c", "finish_reason": "length"}]}),
-        frames({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 3}}),
-        frames("[DONE]"),
-    ]
 
     async def go():
-        transport = httpx.MockTransport(lambda request: sse_response(pieces))
-        async with make_client(transport=transport) as client:
-            stream = stream_completion(client, backend_for(), REQUEST, read_interval=0.05)
-            async with contextlib.aclosing(stream) as deltas:
-                return "".join([delta.text async for delta in deltas])
-
-    assert asyncio.run(go()) == "abc"
-    assert pauses == [0.05, 0.05], "after the text of a and b, none after the finish"
-
-
-def test_reading_at_an_interval_stops_pausing_once_max_tokens_arrived(monkeypatch):
-    pauses: list[float] = []
-
-    async def pause(seconds):
-        pauses.append(seconds)
-
-    monkeypatch.setattr(asyncio, "sleep", pause)
-    pieces = [frames({"choices": [{"index": 0, "text": t, "finish_reason": None}]}) for t in "abc"]
-    pieces.append(frames({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}))
-    pieces.append(frames("[DONE]"))
-    request = CompletionRequest(model=MODEL, prompt="p", max_tokens=3)
-
-    async def go():
-        transport = httpx.MockTransport(lambda request: sse_response(pieces))
+        transport = httpx.MockTransport(lambda _: sse_response(pieces))
         async with make_client(transport=transport) as client:
             stream = stream_completion(client, backend_for(), request, read_interval=0.05)
             async with contextlib.aclosing(stream) as deltas:
                 return "".join([delta.text async for delta in deltas])
 
-    assert asyncio.run(go()) == "abc"
+    return asyncio.run(go()), pauses
+
+
+def text_frame(text: str, finish_reason: str | None = None) -> bytes:
+    return frames({"choices": [{"index": 0, "text": text, "finish_reason": finish_reason}]})
+
+
+def test_reading_at_an_interval_stops_pausing_once_the_finish_reason_came(monkeypatch):
+    pieces = [
+        text_frame("a"),
+        text_frame("b"),
+        text_frame("c", "length"),
+        frames({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 3}}),
+        frames("[DONE]"),
+    ]
+    text, pauses = read_with_pauses(monkeypatch, pieces)
+    assert text == "abc"
+    assert pauses == [0.05, 0.05], "after the text of a and b, none after the finish"
+
+
+def test_reading_at_an_interval_stops_pausing_once_max_tokens_arrived(monkeypatch):
+    pieces = [*map(text_frame, "abc"), text_frame("", "length"), frames("[DONE]")]
+    request = CompletionRequest(model=MODEL, prompt="p", max_tokens=3)
+    text, pauses = read_with_pauses(monkeypatch, pieces, request)
+    assert text == "abc"
     assert pauses == [0.05, 0.05], "after a and b; the third token was the last one asked for"
-    assert len(pauses) < len(pieces)
 
 
 @pytest.mark.parametrize(
