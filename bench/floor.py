@@ -16,18 +16,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import html
 import json
+import os
 import socket
 import sys
 import time
 from urllib.parse import parse_qs
 
+import django
 import orjson
 
-# The app's cadence, read from playground/streaming.py at startup (main), so the comparison
-# is like for like.
-COALESCE_SECONDS = READ_INTERVAL_SECONDS = 0.0
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "playground.settings")
+django.setup()
+
+# The app's cadence and its own escaping and framing, so the comparison is like for like.
+from bench.upstream import read_body  # noqa: E402
+from playground.rendering import render_plain  # noqa: E402
+from playground.streaming import COALESCE_SECONDS, READ_INTERVAL_SECONDS, sse_message  # noqa: E402
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -36,8 +41,7 @@ HEAD = (
 
 
 def event(text: str) -> bytes:
-    lines = f"<span>{html.escape(text, quote=False)}</span>".split("\n")
-    return ("".join(f"data: {line}\n" for line in lines) + "\n").encode()
+    return sse_message(f"<span>{render_plain(text)}</span>")
 
 
 def upstream_request(form: dict[str, list[str]], port: int) -> bytes:
@@ -69,13 +73,7 @@ async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port
     loop = asyncio.get_running_loop()
     sock = None
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        form = parse_qs((await reader.readexactly(length)).decode())
+        form = parse_qs((await read_body(reader)).decode())
         sock = socket.socket()
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", port))
@@ -140,18 +138,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int, required=True)
     args = parser.parse_args()
-    import os
-
-    import django
     import uvloop
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "playground.settings")
-    django.setup()
-    from playground import streaming
-
-    global COALESCE_SECONDS, READ_INTERVAL_SECONDS
-    COALESCE_SECONDS = streaming.COALESCE_SECONDS
-    READ_INTERVAL_SECONDS = streaming.READ_INTERVAL_SECONDS
 
     try:
         uvloop.run(serve(args.port, args.upstream_port))

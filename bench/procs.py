@@ -70,43 +70,33 @@ class Upstream:
 
 
 @contextlib.contextmanager
-def upstream(delay_ms: float = 5.0) -> Iterator[Upstream]:
-    """The lean upstream (bench/upstream.py) in its own process."""
+def _module(name: str, *args: str) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`python -m <name> --port <free port> <args>` in its own process, until it listens."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.upstream", "--port", str(port), "--delay-ms", str(delay_ms)],
+        [sys.executable, "-m", name, "--port", str(port), *args],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port, process)
-        yield Upstream(port, process)
+        yield port, process
     finally:
         stop(process)
 
 
 @contextlib.contextmanager
+def upstream(delay_ms: float = 5.0) -> Iterator[Upstream]:
+    """The lean upstream (bench/upstream.py) in its own process."""
+    with _module("bench.upstream", "--delay-ms", str(delay_ms)) as (port, process):
+        yield Upstream(port, process)
+
+
+@contextlib.contextmanager
 def floor(upstream_port: int) -> Iterator[App]:
     """The minimal relay (bench/floor.py) in its own process, in front of the upstream."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.floor",
-            "--port",
-            str(port),
-            "--upstream-port",
-            str(upstream_port),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, process)
+    with _module("bench.floor", "--upstream-port", str(upstream_port)) as (port, process):
         yield App(port, process)
-    finally:
-        stop(process)
 
 
 class App:

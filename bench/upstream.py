@@ -96,15 +96,20 @@ HEAD = (
 )
 
 
+async def read_body(reader: asyncio.StreamReader) -> bytes:
+    """The body of one HTTP/1.1 request with a Content-Length (all the bench's clients send)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return await reader.readexactly(length) if length else b""
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        body = json.loads(await reader.readexactly(length)) if length else {}
+        body = json.loads(await read_body(reader) or b"{}")
         count = int(body.get("max_tokens", 16))
         seed = int(body.get("seed") or 0)
         alternatives = int(body.get("logprobs") or 0)
