@@ -325,7 +325,7 @@ def floor(raw: dict) -> list[Row]:
             section,
             "read path, 5 alternatives",
             f"{parse_cost(5) * 1e6:.1f} ms",
-            "SSE parse + json.loads + Delta/Token objects, in-process, best of 5",
+            "SSE parse + JSON parse + Delta/Token objects, in-process, best of 5",
         ),
         Row(
             section,
