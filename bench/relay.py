@@ -273,7 +273,7 @@ def level_rows(streams: int, direct: dict, relay: dict, used: dict, rss_delta: i
 
 def parse_cost(alternatives: int) -> float:
     """CPU-seconds per token of the client's read path alone, in this process: SSE framing,
-    json.loads and the Delta/Token/Alternative objects (best of 5, so other load on the machine
+    the JSON parse (orjson) and the Delta/Token/Alternative objects (best of 5, so other load on the machine
     inflates it least)."""
     from bench.upstream import frame, token_texts
     from playground import completions
