@@ -273,8 +273,8 @@ def level_rows(streams: int, direct: dict, relay: dict, used: dict, rss_delta: i
 
 def parse_cost(alternatives: int) -> float:
     """CPU-seconds per token of the client's read path alone, in this process: SSE framing,
-    the JSON parse (orjson) and the Delta/Token/Alternative objects (best of 5, so other load on the machine
-    inflates it least)."""
+    the JSON parse (orjson) and the Delta/Token/Alternative objects (best of 5, so other load
+    on the machine inflates it least)."""
     from bench.upstream import frame, token_texts
     from playground import completions
     from playground.backends import Backend
