@@ -6,6 +6,7 @@ loop) and asks backends configured with `discover` for their models; at shutdown
 (tests, management commands) `completions.get_client()` falls back to a lazy per-loop client.
 """
 
+import asyncio
 import gc
 import os
 
@@ -45,7 +46,12 @@ async def application(scope, receive, send):
             tune_garbage_collector()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            from playground import history
+
             await completions.close_client()
+            # Runs still being saved are written, and the saver's connection closed.
+            await history.drain()
+            await asyncio.to_thread(history.saver.stop)
             await send({"type": "lifespan.shutdown.complete"})
             return
 

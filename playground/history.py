@@ -6,6 +6,10 @@ Django cancel the response's generator; its recorder is then started as a task t
 cancellation does not reach, held in `_pending` until it is done (the event loop keeps only weak
 references to tasks).
 
+Every save of a process goes through one thread, `Saver`, on one database connection that it keeps
+while runs keep ending, and runs that end together are written in one transaction: opening a
+connection and committing were most of a short run's cost to the worker (docs/PERFORMANCE.md).
+
 Tokens are stored in the compact shape of `rendering`'s tooltip data,
 `[text, logprob|null, [[alt, logprob], ...]]`, and turned back into `Token`s to render a past run
 with the same highlighting and tooltips.
@@ -14,12 +18,14 @@ with the same highlighting and tooltips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import queue
 import re
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 
-from asgiref.sync import sync_to_async
 from django import db, forms
 from django.db import transaction
 
@@ -190,23 +196,124 @@ def make_recorder(
         record.branch_nav = navigator(record) if parent_id is not None else []
         return record
 
-    def save_and_close(run, stopped: bool) -> RunRecord:
-        try:
-            return save(run, stopped)
-        finally:
-            # A worker thread of our own, possibly after the request has ended: nothing else
-            # will close this thread's connection (or hand it back to the pool).
-            db.connection.close()
-
     async def record(run, *, stopped: bool) -> RunRecord | None:
         try:
-            # Not thread-sensitive: a stopped run is saved after its request is over.
-            return await sync_to_async(save_and_close, thread_sensitive=False)(run, stopped)
+            return await saver.run(save, run, stopped)
         except Exception:
             log.exception("could not save a run")
             return None
 
     return record
+
+
+class Saver:
+    """One thread that runs the process's saves in order, on a connection it keeps.
+
+    A save is a function of the ORM (it runs in this thread, so Django gives it this thread's
+    connection). The saves waiting when the thread wakes are run in one transaction; a save
+    wraps its writes in `transaction.atomic()`, a savepoint there, so one that fails is rolled
+    back alone. If the commit itself fails (SQLite checks foreign keys only then: a session
+    deleted meanwhile), each save of the batch is run again on its own.
+    The connection is closed after a database error and whenever the thread has waited
+    `idle_seconds` for work, so an idle worker holds none (and PostgreSQL can drop a test
+    database).
+    """
+
+    def __init__(self, idle_seconds: float = 5.0) -> None:
+        self.idle_seconds = idle_seconds
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable, *args) -> asyncio.Future:
+        """`fn(*args)` in the saver's thread; a future of its result for the running loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((fn, args, loop, future))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="saver", daemon=True)
+                self._thread.start()
+        return future
+
+    def stop(self) -> None:
+        """Finish the saves queued, close the connection and end the thread (it starts again
+        on the next save). Blocking: from async code, call it in a thread."""
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            self._queue.put(None)
+        thread.join()
+
+    def _work(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=self.idle_seconds)
+                except queue.Empty:
+                    with self._lock:
+                        if self._queue.empty():
+                            self._thread = None
+                            return
+                    continue
+                batch = [item]
+                while not self._queue.empty():
+                    batch.append(self._queue.get())
+                stop = None in batch
+                self._save([job for job in batch if job is not None])
+                if stop:
+                    with self._lock:
+                        if self._queue.empty():
+                            self._thread = None
+                            return
+        finally:
+            db.connection.close()
+
+    def _save(self, batch: list) -> None:
+        if not batch:
+            return
+        if len(batch) > 1:
+            outcomes = []
+            try:
+                with transaction.atomic():
+                    for fn, args, *_ in batch:
+                        outcomes.append(_outcome(fn, args))
+            except Exception:
+                # The commit failed: nothing of the batch is written. Each save alone, then.
+                db.connection.close()
+            else:
+                for (_, _, loop, future), outcome in zip(batch, outcomes, strict=True):
+                    _settle(loop, future, outcome)
+                return
+        for fn, args, loop, future in batch:
+            outcome = _outcome(fn, args)
+            if isinstance(outcome, BaseException):
+                db.connection.close()  # a broken connection is not used again
+            _settle(loop, future, outcome)
+
+
+def _outcome(fn: Callable, args: tuple):
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome) -> None:
+    def settle() -> None:
+        if future.cancelled():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+        loop.call_soon_threadsafe(settle)
+
+
+saver = Saver()
 
 
 def keep(coro: Coroutine) -> asyncio.Task:

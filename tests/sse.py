@@ -32,15 +32,16 @@ def parse_events(raw: bytes) -> list[Event]:
 
 
 async def settle() -> None:
-    """Wait for the run's save, then close the database connection the view's async ORM calls
-    opened in asgiref's worker thread (the test client keeps Django from closing it, and an open
-    connection would keep PostgreSQL from dropping the test database)."""
+    """Wait for the run's save, then close the database connections the saver's thread and the
+    view's async ORM calls (in asgiref's worker thread) opened: the test client keeps Django from
+    closing them, and an open connection would keep PostgreSQL from dropping the test database."""
     from asgiref.sync import sync_to_async
     from django.db import connections
 
     from playground import history
 
     await history.drain()
+    await asyncio.to_thread(history.saver.stop)
     await sync_to_async(connections.close_all)()
 
 
