@@ -43,6 +43,11 @@ async def application(scope, receive, send):
             except Exception as exc:  # report to the server, which then refuses to start
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
                 return
+            # The default lexer's rules, compiled for lexing.py (a few hundred ms, once), before
+            # the first run's render needs them.
+            from playground import rendering
+
+            await asyncio.to_thread(rendering.warm_up)
             tune_garbage_collector()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":

@@ -51,6 +51,7 @@ from pygments.lexers.special import TextLexer
 from pygments.token import STANDARD_TYPES, _TokenType
 from pygments.util import ClassNotFound
 
+from playground import lexing
 from playground.completions import Alternative, LogprobStatus, Token
 
 __all__ = [
@@ -214,6 +215,11 @@ def _lexer_for(language: str | None) -> Lexer:
         return TextLexer(stripnl=False, ensurenl=False)
 
 
+def warm_up() -> None:
+    """Compile the default lexer's rules now rather than in the first render."""
+    list(lexing.tokens(_lexer_for(None), "x = 1\n"))
+
+
 @lru_cache(maxsize=512)
 def _css_classes(ttype: _TokenType) -> str:
     """Pygments' short class names for a token type, as HtmlFormatter writes them.
@@ -255,7 +261,8 @@ def _lex_completion(lexer: Lexer, prompt: str, text: str) -> tuple[list[int], li
     ends: list[int] = []
     classes: list[str] = []
     pos = 0
-    for _, ttype, value in lexer.get_tokens_unprocessed(source):
+    # lexing.tokens: Pygments' own tokens, matched a rule set at a time (about twice as fast).
+    for _, ttype, value in lexing.tokens(lexer, source):
         values.append(value)
         pos += len(value)
         if pos <= start or not value:
