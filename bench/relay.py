@@ -151,7 +151,14 @@ def concurrency(
         floor_run = minimal_relay(upstream_port, streams)
         rows += level_rows(streams, direct, relay, used, peak.peak - rss_before)
         rows += floor_rows(streams, direct, floor_run)
-        raw[streams] = {"direct": direct, "relay": relay, "used": used, "per_request": per_request}
+        floor_tokens = sum(r["ok"] for r in floor_run["results"]) * TOKENS
+        raw[streams] = {
+            "direct": direct,
+            "relay": relay,
+            "used": used,
+            "per_request": per_request,
+            "floor_per_token": floor_run["cpu"] / floor_tokens if floor_tokens else float("nan"),
+        }
     return rows, raw
 
 
@@ -299,6 +306,46 @@ def parse_cost(alternatives: int) -> float:
     return best
 
 
+def chunk_parse_cost(alternatives: int = 5) -> float:
+    """CPU-seconds per token of orjson parsing each chunk's JSON alone: the part of the read
+    path the floor relay does too (best of 5)."""
+    import orjson
+
+    from bench.upstream import frame, token_texts
+
+    payloads = [
+        frame(i, t, 0, alternatives)[len(b"data: ") :].strip()
+        for i, t in enumerate(token_texts(1, TOKENS))
+    ]
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        for _ in range(4):
+            for payload in payloads:
+                orjson.loads(payload)
+        best = min(best, (time.process_time() - started) / (4 * TOKENS))
+    return best
+
+
+def save_cost() -> float:
+    """CPU-seconds per token of a saved run's tokens column: `history.tokens_to_json`, the scan
+    for unstorable characters and the JSON encoding (orjson, `models.TokensEncoder`); the INSERT
+    itself is per run, not per token (best of 5)."""
+    from bench.render import completion_tokens
+    from playground.history import storable_tokens, tokens_to_json
+    from playground.models import TokensEncoder
+
+    tokens = completion_tokens()[:TOKENS]
+    encoder = TokensEncoder()
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        for _ in range(4):
+            encoder.encode(storable_tokens(tokens_to_json(tokens)))
+        best = min(best, (time.process_time() - started) / (4 * TOKENS))
+    return best
+
+
 def render_cost() -> float:
     """CPU-seconds per token of the final render of a TOKENS-token run (best of 5)."""
     from bench.render import completion_tokens
@@ -320,12 +367,14 @@ def render_cost() -> float:
 def floor(raw: dict) -> list[Row]:
     """Where the CPU per 1,000 tokens goes, measured apart from the relay."""
     section = "2 Where the CPU goes"
+    read, chunk, render, save = parse_cost(5), chunk_parse_cost(5), render_cost(), save_cost()
     rows = [
         Row(
             section,
             "read path, 5 alternatives",
-            f"{parse_cost(5) * 1e6:.1f} ms",
-            "SSE parse + JSON parse + Delta/Token objects, in-process, best of 5",
+            f"{read * 1e6:.1f} ms",
+            f"SSE parse + JSON parse ({chunk * 1e6:.1f} ms of it, which the floor relay does "
+            "too) + Delta/Token objects, in-process, best of 5",
         ),
         Row(
             section,
@@ -336,10 +385,30 @@ def floor(raw: dict) -> list[Row]:
         Row(
             section,
             f"final render of a {TOKENS}-token run",
-            f"{render_cost() * 1e6:.1f} ms",
+            f"{render * 1e6:.1f} ms",
             "render_completion (in a worker thread, same process)",
         ),
+        Row(
+            section,
+            f"saved tokens of a {TOKENS}-token run",
+            f"{save * 1e6:.1f} ms",
+            "tokens_to_json + the unstorable-character scan + the JSON (orjson); best of 5",
+        ),
     ]
+    features = read - chunk + render + save
+    for streams, data in raw.items():
+        least = data["floor_per_token"] + features
+        rows.append(
+            Row(
+                section,
+                f"floor with the app's features, {streams} streams",
+                f"{least * 1e6:.1f} ms",
+                f"the floor relay's {data['floor_per_token'] * 1e6:.1f} ms + what it does not "
+                f"do, measured above: the tokens and alternatives ({(read - chunk) * 1e6:.1f}), "
+                f"the highlighted render ({render * 1e6:.1f}), the saved tokens "
+                f"({save * 1e6:.1f}); no request handling, writes or templates",
+            )
+        )
     for streams, data in raw.items():
         cost = data["per_request"]
         rows.append(
