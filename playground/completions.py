@@ -459,9 +459,7 @@ def _entries(obj: object) -> list[_Entry]:
 def _retext(token: Token, text: str) -> Token:
     # The sampled token's own entry among the alternatives reads the same as the token.
     alternatives = tuple(
-        alternative._replace(text=text)
-        if text and alternative.text == token.text
-        else alternative
+        alternative._replace(text=text) if text and alternative.text == token.text else alternative
         for alternative in token.alternatives
     )
     return dataclasses.replace(token, text=text, alternatives=alternatives)
