@@ -210,10 +210,10 @@ class Saver:
     """One thread that runs the process's saves in order, on a connection it keeps.
 
     A save is a function of the ORM (it runs in this thread, so Django gives it this thread's
-    connection). The saves waiting when the thread wakes are run in one transaction; a save
-    wraps its writes in `transaction.atomic()`, a savepoint there, so one that fails is rolled
-    back alone. If the commit itself fails (SQLite checks foreign keys only then: a session
-    deleted meanwhile), each save of the batch is run again on its own.
+    connection). The saves waiting when the thread wakes are run in one transaction, each in a
+    savepoint, so one that fails (whatever it was doing) is rolled back alone and the others
+    stay. If the commit itself fails (SQLite checks foreign keys only then: a session deleted
+    meanwhile), each save of the batch is run again on its own.
     The connection is closed after a database error and whenever the thread has waited
     `idle_seconds` for work, so an idle worker holds none (and PostgreSQL can drop a test
     database).
@@ -278,7 +278,9 @@ class Saver:
             try:
                 with transaction.atomic():
                     for fn, args, *_ in batch:
-                        outcomes.append(_outcome(fn, args))
+                        outcomes.append(_outcome(fn, args, savepoint=True))
+                    if db.connection.needs_rollback:
+                        raise _BatchBroken  # nothing of it would be kept: save them one by one
             except Exception:
                 # The commit failed: nothing of the batch is written. Each save alone, then.
                 db.connection.close()
@@ -287,14 +289,21 @@ class Saver:
                     _settle(loop, future, outcome)
                 return
         for fn, args, loop, future in batch:
-            outcome = _outcome(fn, args)
+            outcome = _outcome(fn, args, savepoint=False)
             if isinstance(outcome, BaseException):
                 db.connection.close()  # a broken connection is not used again
             _settle(loop, future, outcome)
 
 
-def _outcome(fn: Callable, args: tuple):
+class _BatchBroken(Exception):
+    pass
+
+
+def _outcome(fn: Callable, args: tuple, *, savepoint: bool):
     try:
+        if savepoint:
+            with transaction.atomic():
+                return fn(*args)
         return fn(*args)
     except Exception as exc:
         return exc
