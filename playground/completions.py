@@ -307,10 +307,7 @@ class SSEParser:
                     data = self._data
             self._data = data
             if final:
-                if self._pending:
-                    self._line(self._pending, events)
-                self._pending = ""
-                self._line("", events)
+                self._end(events)
             return events
         start = 0
         for match in _LINE_END.finditer(buffer, scan_from):
@@ -320,11 +317,16 @@ class SSEParser:
             start = match.end()
         self._pending = buffer[start:]
         if final:
-            if self._pending:
-                self._line(self._pending, events)
-            self._pending = ""
-            self._line("", events)
+            self._end(events)
         return events
+
+    def _end(self, events: list[str]) -> None:
+        # The stream closed: a last line without its line end, then the blank line that
+        # dispatches whatever event is still open.
+        if self._pending:
+            self._line(self._pending, events)
+        self._pending = ""
+        self._line("", events)
 
     def _line(self, line: str, events: list[str]) -> None:
         if not line:
