@@ -211,11 +211,81 @@ class SocketBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
+class LinearPool(httpcore.AsyncConnectionPool):
+    """httpcore's connection pool, with its bookkeeping in one pass over the connections.
+
+    httpcore re-plans the whole pool whenever a request starts or a response closes. Its plan
+    scans every connection for each queued request, and for each idle connection builds a list
+    of all connections (meaning to count the idle ones): with a few hundred streams open, that
+    was about a tenth of a worker's CPU per generation request (docs/PERFORMANCE.md). This plan
+    makes the same decisions in one pass: drop closed connections, close expired ones and idle
+    ones past `max_keepalive_connections`, then give each queued request an available
+    connection to its origin, else a new one, else make room by closing an idle one. A
+    connection goes to one request per plan (HTTP/1.1: the pool never enables HTTP/2 here),
+    so two queued requests are never sent to the same connection only to retry.
+    """
+
+    def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        closing: list[httpcore.AsyncConnectionInterface] = []
+        kept: list[httpcore.AsyncConnectionInterface] = []
+        idle: list[httpcore.AsyncConnectionInterface] = []
+        for connection in self._connections:
+            if connection.is_closed():
+                continue
+            if connection.has_expired():
+                closing.append(connection)
+            elif connection.is_idle():
+                if len(idle) >= self._max_keepalive_connections:
+                    closing.append(connection)
+                else:
+                    idle.append(connection)
+                    kept.append(connection)
+            else:
+                kept.append(connection)
+        self._connections = kept
+        queued = [request for request in self._requests if request.is_queued()]
+        if not queued:
+            return closing
+        available = [connection for connection in kept if connection.is_available()]
+        for pool_request in queued:
+            origin = pool_request.request.url.origin
+            connection = next((c for c in available if c.can_handle_request(origin)), None)
+            if connection is not None:
+                available.remove(connection)
+                with contextlib.suppress(ValueError):
+                    idle.remove(connection)  # taken: never the one closed to make room
+            elif len(kept) >= self._max_connections:
+                if not idle:
+                    continue  # the pool is full: the request waits for a connection
+                victim = idle.pop(0)
+                kept.remove(victim)
+                with contextlib.suppress(ValueError):
+                    available.remove(victim)
+                closing.append(victim)
+            if connection is None:
+                connection = self.create_connection(origin)
+                kept.append(connection)
+            pool_request.assign_to_connection(connection)
+        return closing
+
+    async def _close_connections(self, closing: list[httpcore.AsyncConnectionInterface]) -> None:
+        if closing:  # httpcore enters a shielded cancel scope even for none
+            await super()._close_connections(closing)
+
+
 def install(transport: object) -> bool:
-    """Give an httpx transport's connection pool this backend; False if it has no such pool
-    (a mock transport in tests, or an httpx whose internals moved: then anyio's stays)."""
+    """Give an httpx transport's connection pool this backend and `LinearPool`'s bookkeeping;
+    False if it has no such pool (a mock transport in tests, or an httpx whose internals moved:
+    then httpcore's own stay)."""
     pool = getattr(transport, "_pool", None)
-    if not isinstance(pool, httpcore.AsyncConnectionPool) or not hasattr(pool, "_network_backend"):
+    if (
+        type(pool) is not httpcore.AsyncConnectionPool
+        or not hasattr(pool, "_network_backend")
+        or not callable(getattr(pool, "_assign_requests_to_connections", None))
+    ):
         return False
     pool._network_backend = SocketBackend()
+    # The transport built the pool from the client's limits and TLS settings; only the class
+    # changes, to one that adds no state of its own.
+    pool.__class__ = LinearPool
     return True

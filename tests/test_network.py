@@ -261,3 +261,61 @@ def test_a_server_holding_the_body_open_after_done_is_not_waited_for(upstream):
     # Without a bound on the wait for the body's end, the first run would take 30 s.
     assert asyncio.run(go()) == ["".join(TOKENS)] * 2
     assert upstream.connections == 2, "the held connection was closed, not pooled"
+
+
+# --- The pool's bookkeeping (network.LinearPool) -------------------------------------------------
+
+
+def pooled_client(max_connections: int, keepalive: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=keepalive)
+    client = httpx.AsyncClient(limits=limits, timeout=5.0)
+    assert network.install(client._transport)
+    assert isinstance(client._transport._pool, network.LinearPool)
+    return client
+
+
+def test_more_streams_than_connections_wait_their_turn_and_reuse_them(upstream):
+    upstream.default = upstream.script(tokens=TOKENS, chunk_delay=0.01)
+
+    async def go():
+        async with pooled_client(3, 3) as client:
+            runs = [run(client, upstream.base_url) for _ in range(12)]
+            return await asyncio.gather(*runs), len(client._transport._pool.connections)
+
+    texts, pooled = asyncio.run(go())
+    assert texts == ["".join(TOKENS)] * 12
+    assert upstream.connections == 3, "never more than the limit, and each one reused"
+    assert pooled == 3
+
+
+def test_idle_connections_past_the_keepalive_limit_are_closed(upstream):
+    upstream.default = upstream.script(tokens=TOKENS, chunk_delay=0.01)
+
+    async def go():
+        async with pooled_client(6, 2) as client:
+            first = await asyncio.gather(*[run(client, upstream.base_url) for _ in range(6)])
+            kept = len(client._transport._pool.connections)
+            second = await asyncio.gather(*[run(client, upstream.base_url) for _ in range(6)])
+            return first + second, kept
+
+    texts, kept = asyncio.run(go())
+    assert texts == ["".join(TOKENS)] * 12
+    assert kept == 2
+    assert upstream.connections == 6 + 4, "the second six reused the two kept connections"
+
+
+def test_a_full_pool_closes_an_idle_connection_for_another_origin(upstream):
+    upstream.script(tokens=TOKENS)
+    with running_upstream() as other:
+        other.script(tokens=TOKENS)
+
+        async def go():
+            async with pooled_client(1, 1) as client:
+                first = await run(client, upstream.base_url)
+                second = await run(client, other.base_url)
+                pool = client._transport._pool
+                return first, second, [c.can_handle_request for c in pool.connections]
+
+        first, second, connections = asyncio.run(go())
+    assert first == second == "".join(TOKENS)
+    assert len(connections) == 1, "the first origin's idle connection made room"
