@@ -198,3 +198,21 @@ class GenerateForm(forms.Form):
             logprobs=data["logprobs"],
             suffix=(data.get("suffix") or "") if insert else None,
         )
+
+
+class _SharedFields(dict):
+    """A form's declared fields that every instance shares instead of deep-copying.
+
+    Django deep-copies `base_fields` into each form so that one instance may change its own
+    fields (choices, widget attributes); this form never does, and the copy of its 13 fields was
+    the largest single cost of a generate request's form (docs/PERFORMANCE.md). Rendering builds
+    new attribute dicts each time, so sharing the field and widget objects is safe as long as no
+    code assigns to `form.fields[...]` or a widget's `attrs` (tests/test_forms.py checks that two
+    forms' fields are the same objects and that binding one leaves the other untouched).
+    """
+
+    def __deepcopy__(self, memo: dict) -> dict:
+        return dict(self)
+
+
+GenerateForm.base_fields = _SharedFields(GenerateForm.base_fields)

@@ -126,3 +126,21 @@ def test_stop_sequences_round_trip_through_their_one_line_form(text):
 def test_stop_escapes_mean_their_characters():
     assert decode_stop("\\n\\ndef ") == "\n\ndef "
     assert decode_stop("a\\qb") == "a\\qb"
+
+
+def test_forms_share_their_fields_and_one_bound_form_leaves_another_untouched():
+    """The fields are shared, not deep-copied per form (forms._SharedFields): rendering one form
+    with errors and values must not leak into the next form's rendering."""
+    bad = form_for(temperature="9", prompt="x <b>")
+    assert not bad.is_valid()
+    fresh = GenerateForm(initial={"temperature": 0.2})
+    assert fresh.fields["temperature"] is bad.fields["temperature"]
+    bad_html = str(bad["temperature"]) + str(bad["prompt"])
+    fresh_html = str(fresh["temperature"]) + str(fresh["prompt"])
+    assert 'value="9"' in bad_html
+    assert "x &lt;b&gt;" in bad_html
+    assert 'aria-invalid="true"' in bad_html
+    assert 'value="9"' not in fresh_html
+    assert "&lt;b&gt;" not in fresh_html
+    assert "aria-invalid" not in fresh_html
+    assert 'value="0.2"' in fresh_html
