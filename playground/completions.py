@@ -131,7 +131,9 @@ class Usage:
     completion_tokens: int | None = None
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+# Not frozen: a stream makes one per chunk, and a frozen dataclass sets each field through
+# object.__setattr__ (about twice the cost). Nothing changes a delta after it is made.
+@dataclass(kw_only=True, slots=True)
 class Delta:
     """One piece of a streamed completion.
 
@@ -510,6 +512,7 @@ def _align(tokens: list[Token], text: str) -> list[Token]:
 
 
 _SECOND = operator.itemgetter(1)
+_MAX_FLOAT = sys.float_info.max
 
 
 class TokenAssembler:
@@ -597,14 +600,24 @@ class TokenAssembler:
             return Token(text=text, logprob=logprob)
         if type(top) is not dict:
             return None
+        # One pass checks every value and whether the server already sent them most likely
+        # first (vLLM and NIM do): then no sort. A value out of order or not finite fails the
+        # chained comparison and is looked at again (nan fails every comparison).
+        previous = _MAX_FLOAT
+        in_order = True
         for key, value in top.items():
-            if type(value) is not float or not -math.inf < value < math.inf:
+            if type(value) is not float or key.startswith("bytes:"):
                 return None
-            if key.startswith("bytes:"):
-                return None
-        # Sorted as pairs (a C-level key), most likely first; equal ones keep the server's order.
-        ordered = sorted(top.items(), key=_SECOND, reverse=True)
-        alternatives = tuple(map(_ALTERNATIVE, ordered))
+            if not previous >= value > -math.inf:
+                if not -math.inf < value < math.inf:
+                    return None
+                in_order = False
+            previous = value
+        pairs = top.items()
+        if not in_order:
+            # Sorted as pairs (a C-level key), most likely first; equal ones keep their order.
+            pairs = sorted(pairs, key=_SECOND, reverse=True)
+        alternatives = tuple(map(_ALTERNATIVE, pairs))
         return Token(text=text, logprob=logprob, alternatives=alternatives)
 
     @staticmethod
