@@ -32,6 +32,7 @@ from playground.completions import (
     TokenAssembler,
     UpstreamError,
     Usage,
+    _ReadDeadline,
     auth_headers,
     build_payload,
     close_client,
@@ -1336,3 +1337,56 @@ def test_a_chunk_with_nan_and_infinity_written_as_json_literals_still_streams():
             finish_reason="stop",
         )
     ]
+
+
+# --- The run's deadline over a stream's reads (completions._ReadDeadline) ----------------------
+
+
+def test_read_deadline_turns_its_own_cancellation_into_the_time_limit_error():
+    async def go():
+        loop = asyncio.get_running_loop()
+        deadline = _ReadDeadline(loop.time() + 0.05, 0.05)
+        with pytest.raises(UpstreamError) as raised, deadline:
+            await asyncio.sleep(10)
+        return raised.value, asyncio.current_task().cancelling()
+
+    error, cancelling = asyncio.run(go())
+    assert error.kind is ErrorKind.TIMEOUT
+    assert error.message == "The run hit the 0.05 s time limit."
+    assert cancelling == 0, "the task is left as it was, not still being cancelled"
+
+
+def test_read_deadline_passed_between_reads_stops_the_next_read():
+    async def go():
+        loop = asyncio.get_running_loop()
+        deadline = _ReadDeadline(loop.time() + 0.02, 0.02)
+        with deadline:
+            await asyncio.sleep(0)  # a read that returns in time
+        await asyncio.sleep(0.05)  # the consumer holds the delta past the deadline: no cancel
+        with pytest.raises(UpstreamError) as raised, deadline:
+            await asyncio.sleep(0)
+        return raised.value
+
+    assert asyncio.run(go()).kind is ErrorKind.TIMEOUT
+
+
+def test_read_deadline_lets_other_cancellations_through_and_close_disarms_it():
+    async def reader(deadline):
+        with deadline:
+            await asyncio.sleep(10)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        deadline = _ReadDeadline(loop.time() + 5, 5)
+        task = asyncio.create_task(reader(deadline))
+        await asyncio.sleep(0.01)
+        task.cancel()  # the browser went away: not a time-limit error
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        closed = _ReadDeadline(loop.time() + 0.01, 0.01)
+        closed.close()
+        await asyncio.sleep(0.03)
+        with closed:
+            await asyncio.sleep(0)
+
+    asyncio.run(go())
