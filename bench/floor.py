@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
 
 import django
@@ -69,16 +70,14 @@ def upstream_request(form: dict[str, list[str]], port: int) -> bytes:
     return head.encode() + body
 
 
-async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+async def events(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
+    """The response body: the upstream stream for `form`, relayed as coalesced SSE events."""
     loop = asyncio.get_running_loop()
-    sock = None
+    sock = socket.socket()
     try:
-        form = parse_qs((await read_body(reader)).decode())
-        sock = socket.socket()
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", port))
         await loop.sock_sendall(sock, upstream_request(form, port))
-        writer.write(HEAD)
         buffer = b""
         pending: list[str] = []
         last_write = 0.0
@@ -107,21 +106,29 @@ async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port
                     pending.append(choices[0]["text"])
             now = time.perf_counter()
             if pending and (not seen_text or now - last_write >= COALESCE_SECONDS):
-                writer.write(event("".join(pending)))
+                yield event("".join(pending))
                 pending.clear()
                 last_write = now
                 seen_text = True
             if seen_text and len(data) < 16384:
                 await asyncio.sleep(READ_INTERVAL_SECONDS)
         if pending:
-            writer.write(event("".join(pending)))
-        writer.write(b'event: done\ndata: {"status":"complete"}\n\n')
+            yield event("".join(pending))
+        yield b'event: done\ndata: {"status":"complete"}\n\n'
+    finally:
+        sock.close()
+
+
+async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+    try:
+        form = parse_qs((await read_body(reader)).decode())
+        writer.write(HEAD)
+        async for chunk in events(form, port):
+            writer.write(chunk)
         await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
-        if sock is not None:
-            sock.close()
         writer.close()
 
 

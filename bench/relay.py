@@ -149,17 +149,25 @@ def concurrency(
                 relay = procs.run_load(spec("relay", app.port, streams, csrf, seed=20_000))
             used = {k: v - before[k] for k, v in snapshot(app.pid, upstream.pid).items()}
         floor_run = minimal_relay(upstream_port, streams)
+        django_run = django_relay(upstream_port, streams)
         rows += level_rows(streams, direct, relay, used, peak.peak - rss_before)
-        rows += floor_rows(streams, direct, floor_run)
-        floor_tokens = sum(r["ok"] for r in floor_run["results"]) * TOKENS
+        rows += floor_rows(streams, direct, floor_run, FLOOR)
+        rows += floor_rows(streams, direct, django_run, DJANGO_FLOOR)
         raw[streams] = {
             "direct": direct,
             "relay": relay,
             "used": used,
             "per_request": per_request,
-            "floor_per_token": floor_run["cpu"] / floor_tokens if floor_tokens else float("nan"),
+            "floor_per_token": per_token(floor_run),
+            "django_per_token": per_token(django_run),
+            "django_per_request": django_run["per_request"],
         }
     return rows, raw
+
+
+def per_token(run: dict) -> float:
+    tokens = sum(r["ok"] for r in run["results"]) * TOKENS
+    return run["cpu"] / tokens if tokens else float("nan")
 
 
 def minimal_relay(upstream_port: int, streams: int) -> dict:
@@ -172,7 +180,38 @@ def minimal_relay(upstream_port: int, streams: int) -> dict:
     return run
 
 
-def floor_rows(streams: int, direct: dict, run: dict) -> list[Row]:
+def django_relay(upstream_port: int, streams: int) -> dict:
+    """The same streams through the minimal relay as a Django view (bench/django_floor.py),
+    served like the app: its CPU per stream and, as for the app, per one-token request."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        procs.app(
+            Path(tmp), DJANGO_SETTINGS_MODULE="bench.django_floor", **app_env(upstream_port)
+        ) as relay,
+    ):
+        csrf = csrf_token(relay)
+        for _ in range(3):
+            procs.run_load(spec("relay", relay.port, 4, csrf))  # warm-up
+        before = procs.cpu_seconds(relay.pid)
+        procs.run_load(spec("relay", relay.port, streams, csrf, seed=30_000, tokens=1))
+        per_request = (procs.cpu_seconds(relay.pid) - before) / streams
+        before = procs.cpu_seconds(relay.pid)
+        run = procs.run_load(spec("relay", relay.port, streams, csrf, seed=50_000))
+        run["cpu"] = procs.cpu_seconds(relay.pid) - before
+        run["per_request"] = per_request
+    return run
+
+
+FLOOR = ("floor: minimal relay", "bench/floor.py, same cadence, no Django, tokens, render or save")
+DJANGO_FLOOR = (
+    "floor under Django: minimal relay as a view",
+    "bench/django_floor.py, the app's settings and middleware, no form, limits, tokens, "
+    "render, templates or save",
+)
+
+
+def floor_rows(streams: int, direct: dict, run: dict, which: tuple[str, str]) -> list[Row]:
+    name, what = which
     ok = [r for r in run["results"] if r["ok"]]
     d_ttfts = [r["ttft"] for r in direct["results"] if r["ok"]]
     ttfts = [r["ttft"] for r in ok] or [float("nan")]
@@ -185,14 +224,13 @@ def floor_rows(streams: int, direct: dict, run: dict) -> list[Row]:
     return [
         Row(
             section,
-            "floor: minimal relay, TTFT overhead median / p95",
+            f"{name}, TTFT overhead median / p95",
             f"{p50 * 1000:.1f} / {p95 * 1000:.1f} ms",
-            f"bench/floor.py, same cadence, no Django, tokens, render or save; "
-            f"{streams - len(ok)} errors",
+            f"{what}; {streams - len(ok)} errors",
         ),
         Row(
             section,
-            "floor: minimal relay, CPU per 1,000 tokens",
+            f"{name}, CPU per 1,000 tokens",
             f"{cpu_per_k * 1000:.1f} ms",
             f"{run['cpu']:.2f} CPU-s; at the direct rate ({direct_rate:,.0f} tok/s) it needs "
             f"{direct_rate / 1000 * cpu_per_k:.2f} cores",
@@ -410,14 +448,29 @@ def floor(raw: dict) -> list[Row]:
             )
         )
     for streams, data in raw.items():
+        least = data["django_per_token"] + features
+        rows.append(
+            Row(
+                section,
+                f"floor under Django with the app's features, {streams} streams",
+                f"{least * 1e6:.1f} ms",
+                f"the Django floor's {data['django_per_token'] * 1e6:.1f} ms (its requests "
+                f"included) + the same features ({features * 1e6:.1f}); no form, limits, "
+                "templates or database",
+            )
+        )
+    for streams, data in raw.items():
         cost = data["per_request"]
+        django = data["django_per_request"]
         rows.append(
             Row(
                 section,
                 f"app CPU per request, {streams} one-token runs at once",
                 f"{cost * 1000:.2f} ms",
                 f"so the 95th of {streams} simultaneous arrivals waits ≥ "
-                f"{0.95 * streams * cost * 1000:.0f} ms for the worker's one core",
+                f"{0.95 * streams * cost * 1000:.0f} ms for the worker's one core; the Django "
+                f"floor's request {django * 1000:.2f} ms (≥ {0.95 * streams * django * 1000:.0f}"
+                " ms)",
             )
         )
     for streams, data in raw.items():
