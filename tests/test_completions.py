@@ -626,45 +626,42 @@ def test_stream_gives_identical_deltas_for_every_split_point():
 
 
 def test_reading_at_an_interval_gives_the_same_deltas_and_pauses_only_after_text(monkeypatch):
-    pauses: list[float] = []
-
-    async def pause(seconds):
-        pauses.append(seconds)
-
-    monkeypatch.setattr(asyncio, "sleep", pause)
     size = len(RECORDED) // 8 + 1
     pieces = [RECORDED[i : i + size] for i in range(0, len(RECORDED), size)]
-
-    async def go():
-        transport = httpx.MockTransport(lambda request: sse_response(pieces))
-        async with make_client(transport=transport) as client:
-            stream = stream_completion(client, backend_for(), REQUEST, read_interval=0.025)
-            async with contextlib.aclosing(stream) as deltas:
-                return [delta async for delta in deltas]
-
-    assert asyncio.run(go()) == RECORDED_DELTAS
+    deltas, pauses = read_with_pauses(monkeypatch, pieces, interval=0.025)
+    assert deltas == RECORDED_DELTAS
     assert pauses, "small reads after the first text are followed by a pause"
     assert set(pauses) == {0.025}
     assert len(pauses) < len(pieces)
 
 
-def read_with_pauses(monkeypatch, pieces: list[bytes], request=REQUEST) -> tuple[str, list]:
-    """The text of a stream read with a 0.05 s interval, and the pauses taken (not slept)."""
+def read_with_pauses(
+    monkeypatch, pieces: list[bytes], request=REQUEST, interval: float = 0.05
+) -> tuple[list[Delta], list[float]]:
+    """The deltas of a stream read with a pause of `interval`, and the pauses taken: not slept,
+    but the loop's clock moves on by each, so the upstream's pace is one piece per read."""
     pauses: list[float] = []
+    clock = [1000.0]
 
     async def pause(seconds):
         pauses.append(seconds)
+        clock[0] += seconds
 
     monkeypatch.setattr(asyncio, "sleep", pause)
 
     async def go():
+        monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: clock[0])
         transport = httpx.MockTransport(lambda _: sse_response(pieces))
         async with make_client(transport=transport) as client:
-            stream = stream_completion(client, backend_for(), request, read_interval=0.05)
+            stream = stream_completion(client, backend_for(), request, read_interval=interval)
             async with contextlib.aclosing(stream) as deltas:
-                return "".join([delta.text async for delta in deltas])
+                return [delta async for delta in deltas]
 
     return asyncio.run(go()), pauses
+
+
+def text_of(deltas: list[Delta]) -> str:
+    return "".join(delta.text for delta in deltas)
 
 
 def text_frame(text: str, finish_reason: str | None = None) -> bytes:
@@ -679,17 +676,37 @@ def test_reading_at_an_interval_stops_pausing_once_the_finish_reason_came(monkey
         frames({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 3}}),
         frames("[DONE]"),
     ]
-    text, pauses = read_with_pauses(monkeypatch, pieces)
-    assert text == "abc"
+    deltas, pauses = read_with_pauses(monkeypatch, pieces)
+    assert text_of(deltas) == "abc"
     assert pauses == [0.05, 0.05], "after the text of a and b, none after the finish"
 
 
 def test_reading_at_an_interval_stops_pausing_once_max_tokens_arrived(monkeypatch):
     pieces = [*map(text_frame, "abc"), text_frame("", "length"), frames("[DONE]")]
     request = CompletionRequest(model=MODEL, prompt="p", max_tokens=3)
-    text, pauses = read_with_pauses(monkeypatch, pieces, request)
-    assert text == "abc"
+    deltas, pauses = read_with_pauses(monkeypatch, pieces, request)
+    assert text_of(deltas) == "abc"
+    # After b the third token is due one token's time (a read, 0.05 s here) later: no sooner.
     assert pauses == [0.05, 0.05], "after a and b; the third token was the last one asked for"
+
+
+def test_the_pause_before_the_last_token_asked_for_ends_when_it_is_due(monkeypatch):
+    # Read by read: a, then five tokens, then three, then the tenth and last asked for.
+    pieces = [
+        text_frame("a"),
+        b"".join(map(text_frame, "bcdef")),
+        b"".join(map(text_frame, "ghi")),
+        text_frame("j"),
+        text_frame("", "length"),
+        frames("[DONE]"),
+    ]
+    request = CompletionRequest(model=MODEL, prompt="p", max_tokens=10)
+    deltas, pauses = read_with_pauses(monkeypatch, pieces, request)
+    assert text_of(deltas) == "abcdefghij"
+    # 5 tokens in the first 0.05 s: the last 4 are due in 0.04 s; then 8 tokens in 0.092 s:
+    # the last one in 0.0115 s. Each pause ends 2 ms after that; none once the tenth came.
+    assert pauses[0] == 0.05
+    assert pauses[1:] == [pytest.approx(0.042), pytest.approx(0.092 / 8 + 0.002)]
 
 
 @pytest.mark.parametrize(
