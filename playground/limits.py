@@ -20,6 +20,7 @@ every worker and host with `CACHE_URL=redis://…` (see docs/DEPLOY.md).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -31,7 +32,9 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import BaseCache, caches
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpRequest
 
 log = logging.getLogger(__name__)
@@ -80,7 +83,28 @@ def identity(request: HttpRequest, user=None) -> str:
     return f"ip:{ip}"
 
 
+@functools.cache
+def _counters() -> BaseCache:
+    """The default cache, one object for the whole process.
+
+    `django.core.cache.cache` is a proxy to a cache object per thread and per async context,
+    so under ASGI every request made (and looked up through asgiref's Local) a cache object of
+    its own: about a seventh of a lone generate request's CPU went to the five counter calls
+    (docs/PERFORMANCE.md), and with Redis each new object opens its own connection pool. Both
+    backends are safe to share: local memory locks around its dict, and redis-py's pool is
+    thread-safe.
+    """
+    return caches.create_connection("default")
+
+
+@receiver(setting_changed)
+def _forget_counters(*, setting: str, **kwargs: object) -> None:
+    if setting == "CACHES":  # tests point the limits at Redis and back
+        _counters.cache_clear()
+
+
 def _incr(key: str, timeout: float) -> int:
+    cache = _counters()
     cache.add(key, 0, timeout=timeout)
     try:
         return cache.incr(key)
@@ -91,7 +115,7 @@ def _incr(key: str, timeout: float) -> int:
 
 def _decr(key: str) -> None:
     with contextlib.suppress(ValueError):  # already expired
-        cache.decr(key)
+        _counters().decr(key)
 
 
 def _rate_limit(who: str) -> Refusal | None:
@@ -156,7 +180,7 @@ def _take_user_slot(who: str) -> str | None | Refusal:
             "Stop one or wait for it to finish.",
             retry_after=2,
         )
-    cache.touch(user_key, ttl)  # the newest run keeps the counter alive
+    _counters().touch(user_key, ttl)  # the newest run keeps the counter alive
     return user_key
 
 

@@ -273,3 +273,22 @@ def test_the_process_cap_answers_busy_below_the_pool_size(tmp_path, upstream):
     assert busy.status_code == 503
     assert busy.headers["Retry-After"] == "1"
     assert "busy" in busy.text
+
+
+def test_the_counters_move_to_redis_when_the_cache_setting_does(settings):
+    """The limits keep one cache object per process (limits._counters); a changed CACHES
+    setting (here, a test's; in production, a restart) must not leave them counting in the
+    old place."""
+    settings.PLAYGROUND_RATE_LIMIT = 50
+    settings.PLAYGROUND_RATE_LIMIT_WINDOW = 3600
+    key_for = "playground:rate:ip:192.0.2.77:{}".format
+    bucket = int(time.time() // 3600)
+    assert limits._rate_limit("ip:192.0.2.77") is None
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+    redis = caches["default"]
+    redis.delete(key_for(bucket))
+    assert limits._rate_limit("ip:192.0.2.77") is None
+    assert redis.get(key_for(bucket)) == 1, "counted in Redis, not in the old local memory"
+    redis.delete(key_for(bucket))
