@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -157,34 +158,58 @@ def open_deltas(backend: Backend, request: CompletionRequest) -> AsyncIterator[D
     )
 
 
-async def relay(backend: Backend, request: CompletionRequest, *, record=None):
+def relay(backend: Backend, request: CompletionRequest, *, record=None) -> AsyncIterator[bytes]:
     """The body of the generate response: bytes of `text/event-stream`.
+
+    The upstream request starts now, in its own task, not when the server first asks the body
+    for bytes: the connection, the prompt's upload and the model's prefill then overlap with
+    the response's way out through the middleware (about a millisecond a run, all of it on the
+    way to the first token). A body that is never iterated (the browser left before the
+    response started) stops that task when it is dropped.
 
     `record(run, stopped=...)`, if given, is awaited once when the run ends and its result is
     handed to the `run-end` partial as `record`. If the browser goes away first, it still runs
     (as a task the cancellation does not reach) with `stopped=True`: see `history.py`.
     """
     run = Run(backend=backend, request=request)
-    ended = False
-    yield run_start(backend.label)
+    feed = _Feed()
+    reader = asyncio.create_task(feed.read(run))
+    body = _events(run, feed, reader, record)
+    weakref.finalize(body, _cancel_from_anywhere, asyncio.get_running_loop(), reader)
+    return body
 
-    queue: list[Delta] = []
-    wake = asyncio.Event()
-    finished = asyncio.Event()
 
-    def push(delta: Delta) -> None:
-        queue.append(delta)
-        wake.set()
+class _Feed:
+    """What the reader task hands the response: the deltas so far, and whether it is done."""
 
-    async def read() -> None:
+    def __init__(self) -> None:
+        self.queue: list[Delta] = []
+        self.wake = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    def push(self, delta: Delta) -> None:
+        self.queue.append(delta)
+        self.wake.set()
+
+    async def read(self, run: Run) -> None:
         try:
-            await pump(run, push)
+            await pump(run, self.push)
         finally:
-            finished.set()
-            wake.set()
+            self.finished.set()
+            self.wake.set()
 
-    reader = asyncio.create_task(read())
+
+def _cancel_from_anywhere(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+    # A dropped generator may be collected on another thread; a task is cancelled on its loop.
+    if not task.done() and not loop.is_closed():
+        loop.call_soon_threadsafe(task.cancel)
+
+
+async def _events(run: Run, feed: _Feed, reader: asyncio.Task, record) -> AsyncIterator[bytes]:
+    ended = False
+    queue, wake, finished = feed.queue, feed.wake, feed.finished
     try:
+        yield run_start(run.backend.label)
         while True:
             if not queue and not finished.is_set():
                 if run.first_token_at is None:

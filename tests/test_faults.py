@@ -185,3 +185,40 @@ def test_a_browser_leaving_mid_stream_records_the_run_as_stopped_with_its_text(t
         panel = client.get("/history").text
         assert 'data-status="stopped"' in panel
         assert "Stopped" in panel
+
+
+def test_the_upstream_request_starts_before_the_body_is_read_and_a_dropped_body_stops_it(
+    completions_backend,
+):
+    """`streaming.relay` opens the upstream stream as soon as it is called, so the connection
+    and the model's prefill overlap with the response's way out; a body nobody reads (the
+    browser left before the response started) closes the upstream connection when dropped."""
+    import asyncio
+    import gc
+
+    from playground import streaming
+    from playground.backends import get_backend
+    from playground.completions import CompletionRequest
+
+    upstream = completions_backend
+    upstream.script(tokens=["tick"] * 200, chunk_delay=0.05)
+    request = CompletionRequest(model="bigcode/starcoder2-7b", prompt="def f():", max_tokens=200)
+
+    async def go():
+        body = streaming.relay(get_backend("completions"), request)
+        for _ in range(500):  # the request arrives with no byte of the body asked for
+            if upstream.requests:
+                break
+            await asyncio.sleep(0.01)
+        assert upstream.requests, "the upstream request started before the body was read"
+        del body
+        gc.collect()
+        for _ in range(500):
+            if upstream.requests[-1].disconnected.is_set():
+                break
+            await asyncio.sleep(0.01)
+        # Checked while the loop runs: at its end asyncio.run cancels every task anyway.
+        assert upstream.requests[-1].disconnected.is_set(), "dropping the body closed the stream"
+
+    asyncio.run(go())
+    assert not upstream.requests[-1].answered.is_set()
