@@ -250,7 +250,7 @@ def _logprobs(tokens: tuple[Token, ...], top: int, offset: int) -> dict[str, lis
         offset += len(token.text)
     top_logprobs = []
     for token in tokens:
-        entry = {alt.text: alt.logprob for alt in token.alternatives[:top]}
+        entry = dict(token.alternatives[:top])
         entry.setdefault(token.text, token.logprob)
         top_logprobs.append(entry)
     return {

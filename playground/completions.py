@@ -20,7 +20,6 @@ import asyncio
 import codecs
 import contextlib
 import dataclasses
-import functools
 import importlib.util
 import json
 import logging
@@ -103,17 +102,18 @@ class UpstreamError(Exception):
 class Alternative(NamedTuple):
     """One candidate the model weighed for a position, with its natural-log probability.
 
-    A named pair rather than a dataclass: a stream makes five for every token, and the usual
-    chunk's are made straight from its (text, logprob) pairs in C (`_ALTERNATIVE`), at a
-    fraction of a Python constructor's cost.
+    A token's alternatives are (text, logprob) pairs, read by index (`pair[0]`, `pair[1]`)
+    everywhere: the usual chunk's are the chunk's own `dict.items()` pairs, plain tuples made
+    in C (`TokenAssembler._one_plain_token`), and this named pair is what the general path and
+    stored runs make. Plain pairs matter beyond their cost: the cyclic garbage collector stops
+    tracking a plain tuple of strings and floats once it has seen it, never a subclass of
+    tuple, and every open stream holds five per token until its run is saved: with 200 open
+    streams, collections walking them were about a tenth of the worker's CPU
+    (docs/PERFORMANCE.md).
     """
 
     text: str
     logprob: float
-
-
-# Alternative((text, logprob)) without a Python-level call: tuple.__new__ bound to the class.
-_ALTERNATIVE = functools.partial(tuple.__new__, Alternative)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -122,7 +122,7 @@ class Token:
 
     text: str
     logprob: float | None
-    alternatives: tuple[Alternative, ...] = ()
+    alternatives: tuple[tuple[str, float], ...] = ()  # (text, logprob), most likely first
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -463,8 +463,7 @@ def _entries(obj: object) -> list[_Entry]:
 def _retext(token: Token, text: str) -> Token:
     # The sampled token's own entry among the alternatives reads the same as the token.
     alternatives = tuple(
-        alternative._replace(text=text) if text and alternative.text == token.text else alternative
-        for alternative in token.alternatives
+        (text, pair[1]) if text and pair[0] == token.text else pair for pair in token.alternatives
     )
     return dataclasses.replace(token, text=text, alternatives=alternatives)
 
@@ -613,11 +612,11 @@ class TokenAssembler:
                     return None
                 in_order = False
             previous = value
-        pairs = top.items()
-        if not in_order:
+        if in_order:
+            alternatives = tuple(top.items())
+        else:
             # Sorted as pairs (a C-level key), most likely first; equal ones keep their order.
-            pairs = sorted(pairs, key=_SECOND, reverse=True)
-        alternatives = tuple(map(_ALTERNATIVE, pairs))
+            alternatives = tuple(sorted(top.items(), key=_SECOND, reverse=True))
         return Token(text=text, logprob=logprob, alternatives=alternatives)
 
     @staticmethod

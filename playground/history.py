@@ -72,7 +72,7 @@ def tokens_to_json(tokens) -> list:
         [
             t.text,
             _finite(t.logprob),
-            [[a.text, a.logprob] for a in t.alternatives if math.isfinite(a.logprob)],
+            [[text, logprob] for text, logprob in t.alternatives if math.isfinite(logprob)],
         ]
         for t in tokens
     ]

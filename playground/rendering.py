@@ -42,7 +42,7 @@ from html import escape as html_escape
 # The C-accelerated encoder behind json.dumps for one str: quotes it and escapes `"`, `\` and
 # control characters, leaving non-ASCII as is. json.dumps per string costs seven times more.
 from json.encoder import encode_basestring
-from operator import attrgetter
+from operator import itemgetter
 
 from django.utils.safestring import SafeString, mark_safe
 from pygments.lexer import Lexer
@@ -52,7 +52,7 @@ from pygments.token import STANDARD_TYPES, _TokenType
 from pygments.util import ClassNotFound
 
 from playground import lexing
-from playground.completions import Alternative, LogprobStatus, Token
+from playground.completions import LogprobStatus, Token
 
 __all__ = [
     "RenderedCompletion",
@@ -81,7 +81,7 @@ class RenderedCompletion:
 # p0 and (noisy) positive logprobs in p9 without special cases.
 _BUCKET_BOUNDS = tuple(math.log(k / 10) for k in range(1, 10))
 _BUCKET_CLASSES = tuple(f"t p{k}" for k in range(10))
-_LOGPROB = attrgetter("logprob")
+_LOGPROB = itemgetter(1)  # of an alternative's (text, logprob) pair
 _MAX_FLOAT = sys.float_info.max
 
 # Lone surrogates cannot be encoded as UTF-8 (the response would fail mid-write), and browsers
@@ -417,26 +417,27 @@ def _json_array(
             # most likely first. One chained comparison per candidate checks all of that
             # (nan fails every comparison, and ±inf lies outside the finite range).
             previous = _MAX_FLOAT
-            for alternative in candidates:
-                logprob = alternative.logprob
+            for alt_text, logprob in candidates:
                 if not -_MAX_FLOAT <= logprob <= previous:
                     del args[2:]
                     break
                 previous = logprob
-                args += (encode_basestring(alternative.text), logprob)
+                args += (encode_basestring(alt_text), logprob)
             else:
                 append(_entry_format(len(candidates)) % tuple(args))
                 continue
-        for best in _top_alternatives(candidates, shown):
-            args += (encode_basestring(_scrub(best.text) if scrub else best.text), best.logprob)
+        for alt_text, logprob in _top_alternatives(candidates, shown):
+            args += (encode_basestring(_scrub(alt_text) if scrub else alt_text), logprob)
         append(_entry_format(len(args) // 2 - 1) % tuple(args))
     return "[" + ",".join(entries) + "]"
 
 
-def _top_alternatives(alternatives: Sequence[Alternative], shown: int) -> list[Alternative]:
+def _top_alternatives(
+    alternatives: Sequence[tuple[str, float]], shown: int
+) -> list[tuple[str, float]]:
     # A -inf candidate had no chance and a nan one is noise: neither is worth showing (nor is
     # either valid JSON).
-    finite = [a for a in alternatives if math.isfinite(a.logprob)]
+    finite = [pair for pair in alternatives if math.isfinite(pair[1])]
     return sorted(finite, key=_LOGPROB, reverse=True)[:shown]
 
 
