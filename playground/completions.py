@@ -107,9 +107,8 @@ class Alternative(NamedTuple):
     in C (`TokenAssembler._one_plain_token`), and this named pair is what the general path and
     stored runs make. Plain pairs matter beyond their cost: the cyclic garbage collector stops
     tracking a plain tuple of strings and floats once it has seen it, never a subclass of
-    tuple, and every open stream holds five per token until its run is saved: with 200 open
-    streams, collections walking them were about a tenth of the worker's CPU
-    (docs/PERFORMANCE.md).
+    tuple, and every open stream holds five per token until its run is saved (with 200 open
+    streams the collector took about a tenth of the worker's CPU, docs/PERFORMANCE.md).
     """
 
     text: str

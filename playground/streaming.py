@@ -162,10 +162,10 @@ def relay(backend: Backend, request: CompletionRequest, *, record=None) -> Async
     """The body of the generate response: bytes of `text/event-stream`.
 
     The upstream request starts now, in its own task, not when the server first asks the body
-    for bytes: the connection, the prompt's upload and the model's prefill then overlap with
-    the response's way out through the middleware (about a millisecond a run, all of it on the
-    way to the first token). A body that is never iterated (the browser left before the
-    response started) stops that task when it is dropped.
+    for bytes: the task runs as soon as the response's way out through the middleware first
+    yields, so its connection and the model's prefill overlap with the rest of it (0.4 ms of
+    the first token's time in the bench's A/B, docs/PERFORMANCE.md). A body that is never
+    iterated (the browser left before the response started) stops that task when dropped.
 
     `record(run, stopped=...)`, if given, is awaited once when the run ends and its result is
     handed to the `run-end` partial as `record`. If the browser goes away first, it still runs
