@@ -987,16 +987,17 @@ def _time_limit_error(limit: float) -> UpstreamError:
     return UpstreamError(ErrorKind.TIMEOUT, f"The run hit the {limit:g} s time limit.")
 
 
-class _ReadDeadline:
-    """The run's total deadline over a stream's many reads, on one timer.
+class _StreamDeadline:
+    """The run's total deadline over one stream attempt's awaits, on one timer.
 
     `_within` arms a timer for each await it bounds; a stream awaits once per chunk (one chunk
     per token), and arming and cancelling a timer cost more than parsing the chunk (about 9 us
-    on uvloop, docs/PERFORMANCE.md). This one is armed once per stream: when it fires while
-    the task is inside `with deadline:` the task is cancelled there, and the cancellation
-    becomes the time-limit error; when it fires while the consumer holds a delta (outside the
-    block, as `_within` is never held across a `yield`), the next `with deadline:` raises it.
-    Cancellations from anyone else pass through, told apart as `asyncio.timeout` does.
+    on uvloop, docs/PERFORMANCE.md). This one is armed once per attempt and bounds its opening
+    and every read: when it fires while the task is inside `with deadline:`, the task is
+    cancelled there and the cancellation becomes the time-limit error; when it fires while the
+    consumer holds a delta (the block, like `_within`, never spans a `yield`), the next
+    `with deadline:` raises it. Cancellations from anyone else pass through, told apart as
+    `asyncio.timeout` does.
     """
 
     __slots__ = ("_cancelled", "_cancelling", "_expired", "_handle", "_limit", "_task")
@@ -1180,7 +1181,9 @@ async def _stream_once(
     """One attempt of `stream_completion`."""
     with _upstream_errors(client, backend):
         async with contextlib.AsyncExitStack() as stack:
-            async with _within(deadline, limit):
+            within_deadline = _StreamDeadline(deadline, limit)
+            stack.callback(within_deadline.close)
+            with within_deadline:
                 response = await stack.enter_async_context(
                     _open(client, backend, request, stream=True)
                 )
@@ -1189,7 +1192,7 @@ async def _stream_once(
                 "json" in response.headers.get("content-type", "")
             ):
                 # A server that ignores `stream: true` answers with one JSON completion.
-                async with _within(deadline, limit):
+                with within_deadline:
                     body = await _read(response, COMPLETION_BODY_LIMIT, strict=True)
                 completion = _completion(body, backend, request)
                 yield Delta(
@@ -1201,8 +1204,6 @@ async def _stream_once(
                 )
                 return
             chunks = await stack.enter_async_context(contextlib.aclosing(response.aiter_bytes()))
-            within_deadline = _ReadDeadline(deadline, limit)
-            stack.callback(within_deadline.close)
             parser = SSEParser()
             assembler = TokenAssembler()
             finished = False

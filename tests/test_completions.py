@@ -32,7 +32,7 @@ from playground.completions import (
     TokenAssembler,
     UpstreamError,
     Usage,
-    _ReadDeadline,
+    _StreamDeadline,
     auth_headers,
     build_payload,
     close_client,
@@ -1356,13 +1356,13 @@ def test_a_chunk_with_nan_and_infinity_written_as_json_literals_still_streams():
     ]
 
 
-# --- The run's deadline over a stream's reads (completions._ReadDeadline) ----------------------
+# --- The run's deadline over a stream's reads (completions._StreamDeadline) ----------------------
 
 
 def test_read_deadline_turns_its_own_cancellation_into_the_time_limit_error():
     async def go():
         loop = asyncio.get_running_loop()
-        deadline = _ReadDeadline(loop.time() + 0.05, 0.05)
+        deadline = _StreamDeadline(loop.time() + 0.05, 0.05)
         with pytest.raises(UpstreamError) as raised, deadline:
             await asyncio.sleep(10)
         return raised.value, asyncio.current_task().cancelling()
@@ -1376,7 +1376,7 @@ def test_read_deadline_turns_its_own_cancellation_into_the_time_limit_error():
 def test_read_deadline_passed_between_reads_stops_the_next_read():
     async def go():
         loop = asyncio.get_running_loop()
-        deadline = _ReadDeadline(loop.time() + 0.02, 0.02)
+        deadline = _StreamDeadline(loop.time() + 0.02, 0.02)
         with deadline:
             await asyncio.sleep(0)  # a read that returns in time
         await asyncio.sleep(0.05)  # the consumer holds the delta past the deadline: no cancel
@@ -1394,13 +1394,13 @@ def test_read_deadline_lets_other_cancellations_through_and_close_disarms_it():
 
     async def go():
         loop = asyncio.get_running_loop()
-        deadline = _ReadDeadline(loop.time() + 5, 5)
+        deadline = _StreamDeadline(loop.time() + 5, 5)
         task = asyncio.create_task(reader(deadline))
         await asyncio.sleep(0.01)
         task.cancel()  # the browser went away: not a time-limit error
         with pytest.raises(asyncio.CancelledError):
             await task
-        closed = _ReadDeadline(loop.time() + 0.01, 0.01)
+        closed = _StreamDeadline(loop.time() + 0.01, 0.01)
         closed.close()
         await asyncio.sleep(0.03)
         with closed:
