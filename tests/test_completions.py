@@ -1356,7 +1356,15 @@ def test_a_chunk_with_nan_and_infinity_written_as_json_literals_still_streams():
     ]
 
 
-# --- The run's deadline over a stream's reads (completions._StreamDeadline) ----------------------
+# --- The run's deadline over a stream's awaits (completions._StreamDeadline) ---------------------
+
+
+async def past(when: float) -> None:
+    """Wait until the loop's clock has passed `when` (and any timer due at `when` has run)."""
+    loop = asyncio.get_running_loop()
+    reached = asyncio.Event()
+    loop.call_at(when + 0.001, reached.set)
+    await reached.wait()
 
 
 def test_read_deadline_turns_its_own_cancellation_into_the_time_limit_error():
@@ -1364,7 +1372,7 @@ def test_read_deadline_turns_its_own_cancellation_into_the_time_limit_error():
         loop = asyncio.get_running_loop()
         deadline = _StreamDeadline(loop.time() + 0.05, 0.05)
         with pytest.raises(UpstreamError) as raised, deadline:
-            await asyncio.sleep(10)
+            await loop.create_future()  # a read that never returns
         return raised.value, asyncio.current_task().cancelling()
 
     error, cancelling = asyncio.run(go())
@@ -1376,10 +1384,11 @@ def test_read_deadline_turns_its_own_cancellation_into_the_time_limit_error():
 def test_read_deadline_passed_between_reads_stops_the_next_read():
     async def go():
         loop = asyncio.get_running_loop()
-        deadline = _StreamDeadline(loop.time() + 0.02, 0.02)
+        when = loop.time() + 0.02
+        deadline = _StreamDeadline(when, 0.02)
         with deadline:
             await asyncio.sleep(0)  # a read that returns in time
-        await asyncio.sleep(0.05)  # the consumer holds the delta past the deadline: no cancel
+        await past(when)  # the consumer holds the delta past the deadline: no cancel here
         with pytest.raises(UpstreamError) as raised, deadline:
             await asyncio.sleep(0)
         return raised.value
@@ -1388,21 +1397,25 @@ def test_read_deadline_passed_between_reads_stops_the_next_read():
 
 
 def test_read_deadline_lets_other_cancellations_through_and_close_disarms_it():
-    async def reader(deadline):
-        with deadline:
-            await asyncio.sleep(10)
-
     async def go():
         loop = asyncio.get_running_loop()
         deadline = _StreamDeadline(loop.time() + 5, 5)
-        task = asyncio.create_task(reader(deadline))
-        await asyncio.sleep(0.01)
+        entered = asyncio.Event()
+
+        async def reader():
+            with deadline:
+                entered.set()
+                await loop.create_future()
+
+        task = asyncio.create_task(reader())
+        await entered.wait()
         task.cancel()  # the browser went away: not a time-limit error
         with pytest.raises(asyncio.CancelledError):
             await task
-        closed = _StreamDeadline(loop.time() + 0.01, 0.01)
+        when = loop.time() + 0.01
+        closed = _StreamDeadline(when, 0.01)
         closed.close()
-        await asyncio.sleep(0.03)
+        await past(when)
         with closed:
             await asyncio.sleep(0)
 
