@@ -434,31 +434,33 @@ def floor(raw: dict) -> list[Row]:
         ),
     ]
     features = read - chunk + render + save
-    for streams, data in raw.items():
-        least = data["floor_per_token"] + features
-        rows.append(
-            Row(
-                section,
-                f"floor with the app's features, {streams} streams",
-                f"{least * 1e6:.1f} ms",
-                f"the floor relay's {data['floor_per_token'] * 1e6:.1f} ms + what it does not "
-                f"do, measured above: the tokens and alternatives ({(read - chunk) * 1e6:.1f}), "
-                f"the highlighted render ({render * 1e6:.1f}), the saved tokens "
-                f"({save * 1e6:.1f}); no request handling, writes or templates",
+    kinds = (
+        (
+            "floor_per_token",
+            "floor with the app's features",
+            "the floor relay's {base:.1f} ms + what it does not do, measured above: the tokens "
+            f"and alternatives ({(read - chunk) * 1e6:.1f}), the highlighted render "
+            f"({render * 1e6:.1f}), the saved tokens ({save * 1e6:.1f}); no request handling, "
+            "writes or templates",
+        ),
+        (
+            "django_per_token",
+            "floor under Django with the app's features",
+            "the Django floor's {base:.1f} ms (its requests included) + the same features "
+            f"({features * 1e6:.1f}); no form, limits, templates or database",
+        ),
+    )
+    for key, name, detail in kinds:
+        for streams, data in raw.items():
+            base = data[key] * 1e6
+            rows.append(
+                Row(
+                    section,
+                    f"{name}, {streams} streams",
+                    f"{base + features * 1e6:.1f} ms",
+                    detail.format(base=base),
+                )
             )
-        )
-    for streams, data in raw.items():
-        least = data["django_per_token"] + features
-        rows.append(
-            Row(
-                section,
-                f"floor under Django with the app's features, {streams} streams",
-                f"{least * 1e6:.1f} ms",
-                f"the Django floor's {data['django_per_token'] * 1e6:.1f} ms (its requests "
-                f"included) + the same features ({features * 1e6:.1f}); no form, limits, "
-                "templates or database",
-            )
-        )
     for streams, data in raw.items():
         cost = data["per_request"]
         django = data["django_per_request"]
