@@ -23,11 +23,14 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 from httpcore._backends.anyio import AnyIOBackend
 from httpcore._utils import is_socket_readable
+
+if TYPE_CHECKING:
+    from httpcore._async.connection_pool import AsyncPoolRequest
 
 _TIMEOUT_MESSAGES = {
     httpcore.ConnectTimeout: "timed out while connecting",
@@ -220,33 +223,49 @@ class LinearPool(httpcore.AsyncConnectionPool):
     was about a tenth of a worker's CPU per generation request (docs/PERFORMANCE.md). This plan
     makes the same decisions in one pass: drop closed connections, close expired ones and idle
     ones past `max_keepalive_connections`, then give each queued request an available
-    connection to its origin, else a new one, else make room by closing an idle one. A
-    connection goes to one request per plan (HTTP/1.1: the pool never enables HTTP/2 here),
-    so two queued requests are never sent to the same connection only to retry.
+    connection to its origin, else a new one, else make room by closing an idle one. Only the
+    connections no request holds are asked their state (a few method calls each, through two
+    layers): with 200 streams open, asking all of them on every start and close was a fifth of
+    the worker's CPU for one-token runs. A connection goes to one request at a time (HTTP/1.1:
+    the pool never enables HTTP/2 here), so two requests are never sent to the same
+    connection only for one to retry.
     """
 
     def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        # A connection a request holds (assigned to it, sending or streaming its response) is
+        # left as it is: it cannot be closed, counted idle or given to another request, so only
+        # the others are asked their state. httpcore clears a request's connection or removes
+        # the request before it plans again, so a connection leaves `held` as soon as it is free.
+        held: set[httpcore.AsyncConnectionInterface] = set()
+        queued: list[AsyncPoolRequest] = []
+        for pool_request in self._requests:
+            connection = pool_request.connection
+            if connection is None:
+                queued.append(pool_request)
+            else:
+                held.add(connection)
         closing: list[httpcore.AsyncConnectionInterface] = []
         kept: list[httpcore.AsyncConnectionInterface] = []
         idle: list[httpcore.AsyncConnectionInterface] = []
+        available: list[httpcore.AsyncConnectionInterface] = []
         for connection in self._connections:
+            if connection in held:
+                kept.append(connection)
+                continue
             if connection.is_closed():
                 continue
             if connection.has_expired():
                 closing.append(connection)
-            elif connection.is_idle():
+                continue
+            if connection.is_idle():
                 if len(idle) >= self._max_keepalive_connections:
                     closing.append(connection)
-                else:
-                    idle.append(connection)
-                    kept.append(connection)
-            else:
-                kept.append(connection)
+                    continue
+                idle.append(connection)
+            kept.append(connection)
+            if connection.is_available():
+                available.append(connection)
         self._connections = kept
-        queued = [request for request in self._requests if request.is_queued()]
-        if not queued:
-            return closing
-        available = [connection for connection in kept if connection.is_available()]
         for pool_request in queued:
             origin = pool_request.request.url.origin
             connection = next((c for c in available if c.can_handle_request(origin)), None)

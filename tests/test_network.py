@@ -323,3 +323,29 @@ def test_a_full_pool_closes_an_idle_connection_for_another_origin(upstream):
         first, second, serves_other = asyncio.run(go())
     assert first == second == "".join(TOKENS)
     assert serves_other == [True], "the first origin's idle connection made room for the other's"
+
+
+def test_a_connection_waiting_for_its_request_is_not_given_to_another(upstream, monkeypatch):
+    upstream.default = upstream.script(tokens=TOKENS, chunk_delay=0.01)
+    retries = []
+    clear = httpcore._async.connection_pool.AsyncPoolRequest.clear_connection
+
+    def counted(self):
+        retries.append(self)
+        clear(self)
+
+    monkeypatch.setattr(
+        httpcore._async.connection_pool.AsyncPoolRequest, "clear_connection", counted
+    )
+
+    async def go():
+        async with pooled_client(4, 4) as client:
+            await run(client, upstream.base_url)  # leaves one idle connection
+            return await asyncio.gather(*[run(client, upstream.base_url) for _ in range(3)])
+
+    texts = asyncio.run(go())
+    assert texts == ["".join(TOKENS)] * 3
+    # The idle connection went to the first request; the others got new ones at once instead
+    # of being handed the same connection before it was used, then failing over to a new one.
+    assert retries == []
+    assert upstream.connections == 3
