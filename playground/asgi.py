@@ -43,7 +43,7 @@ async def application(scope, receive, send):
             except Exception as exc:  # report to the server, which then refuses to start
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
                 return
-            # The default lexer's rules, compiled for lexing.py (a few hundred ms, once), before
+            # The default lexer's rules, compiled for lexing.py (under a second, once), before
             # the first run's render needs them.
             from playground import rendering
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import string
 import textwrap
 from pathlib import Path
@@ -99,6 +100,35 @@ def test_states_that_cannot_be_combined_and_lexers_with_their_own_loop_keep_pygm
     assert any(state.combined is None for state in states.values())  # numbered references
     assert lexing._states(CLexer()) is None  # CLexer overrides get_tokens_unprocessed
     assert isinstance(CLexer(), RegexLexer)
+
+
+@pytest.mark.parametrize("alias", ["python", "javascript", "html", "sql", "css", "ini"])
+def test_each_rule_is_tried_for_every_character_a_match_of_it_can_start_with(alias):
+    # A token starting with an ASCII character is matched against only the rules whose first
+    # characters include it; a rule left out that could have matched there would change the
+    # tokens. So: wherever a rule matches something in the sample, its first character is one
+    # the rule was worked out to start with (None: tried everywhere).
+    lexer = get_lexer_by_name(alias, stripnl=False, ensurenl=False)
+    text = MIXED + STDLIB[:2000] + "".join(map(chr, range(128)))
+    for state in lexing._states(lexer).values():
+        for (rexmatch, _, _), first in zip(state.rules, state.first, strict=False):
+            if first is None:
+                continue
+            for pos, char in enumerate(text):
+                if ord(char) < 128 and (m := rexmatch(text, pos)) and m.end() > pos:
+                    assert ord(char) in first, (rexmatch.__self__.pattern, char)
+
+
+def test_first_characters_follow_flags_classes_and_optional_parts():
+    first = lexing._first_characters
+    assert first(re.compile(r"(?i)select\b")) == {ord("s"), ord("S")}
+    assert first(re.compile(r"(?<!\.)(?:abs|all)\b")) == {ord("a")}
+    assert first(re.compile(r"[+-]?\d+")) == {ord(c) for c in "+-0123456789"}
+    assert first(re.compile(r"\s+")) == {9, 10, 11, 12, 13, 28, 29, 30, 31, 32}
+    assert first(re.compile(r"[^a]")) == set(range(128)) - {ord("a")}
+    assert first(re.compile(r".")) == set(range(128)) - {10}
+    assert first(re.compile(r"x*")) is None  # can match nothing: tried everywhere
+    assert first(re.compile(r"(a)?\1b")) is None  # a group reference: not followed
 
 
 CODE_ALPHABET = (
