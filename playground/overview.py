@@ -89,22 +89,25 @@ def _pairs(tokens: Sequence) -> list[tuple[str, float | None]]:
 def build_overview(tokens: Sequence, text: str) -> Overview | None:
     """The overview of a completion, or None when no token has a known probability."""
     lines: list[list] = [[None, None]]  # per line: [least logprob, its index]
+    line = lines[0]
     known: list[tuple[float, int]] = []
     pos = 0
-    for i, (piece, lp) in enumerate(_pairs(tokens)):
+    pieces = _pairs(tokens)
+    for i, (piece, lp) in enumerate(pieces):
         if not text.startswith(piece, pos):
             break  # rendering gives no span past here, so nothing to jump to
         pos += len(piece)
-        if lp is not None and math.isfinite(lp):
+        # Known and finite (inf - inf and nan - nan are nan): one test instead of two calls.
+        if lp is not None and lp - lp == 0.0:
             known.append((lp, i))
-            line = lines[-1]
             if line[0] is None or lp < line[0]:
                 line[0], line[1] = lp, i
         # A token's newlines end lines: the token counts on the line it started on.
-        lines.extend([None, None] for _ in range(piece.count("\n")))
+        if "\n" in piece:
+            lines.extend([None, None] for _ in range(piece.count("\n")))
+            line = lines[-1]
     if not known:
         return None
-    pieces = _pairs(tokens)
     surprising = [
         Surprise(
             index=i,
