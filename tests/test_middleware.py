@@ -5,11 +5,14 @@ thread hop per hook, and Django's names kept in settings for `check --deploy`.""
 from __future__ import annotations
 
 import asyncio
+import threading
 from urllib.parse import urlencode
 
 import pytest
 from asgiref.sync import SyncToAsync
 from django.conf import settings
+from django.http import HttpResponse
+from django.urls import path
 from live import FORM
 
 from playground import middleware
@@ -22,43 +25,43 @@ HOOKS = {"process_request", "process_response", "process_view"}
 
 def call(method: str, path: str, body: bytes = b"", headers=()) -> tuple[int, dict, bytes]:
     """One request through the handler, the way uvicorn calls it."""
-
-    async def go():
-        handler = ASGIHandler()
-        incoming = [{"type": "http.request", "body": body, "more_body": False}]
-        sent = []
-
-        async def receive():
-            if incoming:
-                return incoming.pop()
-            await asyncio.Event().wait()  # the disconnect that never comes
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"testserver"), *headers],
-            "client": ("127.0.0.1", 40000),
-            "server": ("testserver", 80),
-        }
-        await handler(scope, receive, send)
-        return sent
-
-    sent = asyncio.run(go())
+    sent = asyncio.run(send_through(ASGIHandler(), method, path, body, headers))
     start = sent[0]
     head = {}
     for name, value in start["headers"]:
         head.setdefault(name.decode().lower(), []).append(value.decode())
     return start["status"], head, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def send_through(handler, method: str, path: str, body: bytes = b"", headers=()) -> list:
+    """One request through `handler`; the ASGI messages it sent."""
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        if incoming:
+            return incoming.pop()
+        await asyncio.Event().wait()  # the disconnect that never comes
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    await handler(scope, receive, send)
+    return sent
 
 
 def test_settings_keep_djangos_names_and_the_handler_loads_the_inline_classes():
@@ -103,3 +106,43 @@ def test_a_session_engine_that_does_io_keeps_djangos_thread_hop(settings):
     settings.SESSION_ENGINE = middleware.SIGNED_COOKIE_SESSIONS
     assert middleware.SessionMiddleware(view).inline
     assert not middleware.SessionMiddleware(lambda request: None).inline  # sync: Django's own
+
+
+# Views for the request-thread test below: sync views run on the request's thread-sensitive
+# executor, as the signals' receivers and `response.close` do.
+SEEN: list[threading.Thread] = []
+MEETING = threading.Barrier(2, timeout=10)
+
+
+def where(request):
+    SEEN.append(threading.current_thread())
+    return HttpResponse("here")
+
+
+def meet(request):
+    SEEN.append(threading.current_thread())
+    MEETING.wait()  # both requests' sync work at once, or a broken barrier
+    return HttpResponse("met")
+
+
+urlpatterns = [path("where", where), path("meet", meet)]
+
+
+def test_request_threads_are_kept_and_requests_in_flight_never_share_one(settings):
+    settings.ROOT_URLCONF = __name__
+    SEEN.clear()
+    assert call("GET", "/where")[2] == call("GET", "/where")[2] == b"here"
+    # The second request's sync work ran on the thread the first one's did, not a new one.
+    assert SEEN[0] is SEEN[1] is not threading.current_thread()
+
+    async def both():
+        handler = ASGIHandler()
+        return await asyncio.gather(
+            send_through(handler, "GET", "/meet"), send_through(handler, "GET", "/meet")
+        )
+
+    SEEN.clear()
+    answers = asyncio.run(both())
+    # Two requests at once: two threads (one would wait for the other at the barrier forever).
+    assert [b"".join(m.get("body", b"") for m in sent[1:]) for sent in answers] == [b"met"] * 2
+    assert SEEN[0] is not SEEN[1]
