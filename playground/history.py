@@ -25,6 +25,8 @@ import queue
 import re
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from itertools import chain
+from operator import itemgetter
 
 from django import db, forms
 from django.db import transaction
@@ -67,25 +69,51 @@ def storable(value):
     return value
 
 
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+
+
 def tokens_to_json(tokens) -> list:
-    return [
-        [
-            t.text,
-            _finite(t.logprob),
-            [[text, logprob] for text, logprob in t.alternatives if math.isfinite(logprob)],
-        ]
-        for t in tokens
-    ]
+    """`[[text, logprob|null, [[alt_text, alt_logprob], ...]], ...]`, what `Run.tokens` holds.
+
+    A token's alternatives go in as they are when they are plain `(text, logprob)` pairs with
+    finite logprobs (what the read path makes), which orjson writes as arrays: a list per
+    alternative made the save's share of a run's CPU larger than the final render's lexing.
+    Named tuples (orjson refuses them) and non-finite logprobs (JSON has none: such an
+    alternative is left out) take the element-wise way.
+    """
+    data = []
+    for t in tokens:
+        alternatives = t.alternatives
+        if alternatives and (type(alternatives[0]) is not tuple or not _finite_pairs(alternatives)):
+            alternatives = [[text, lp] for text, lp in alternatives if math.isfinite(lp)]
+        data.append([t.text, _finite(t.logprob), alternatives])
+    return data
+
+
+def _finite_pairs(pairs) -> bool:
+    """Whether every logprob is finite: their sum is finite only then (or it overflows, and a
+    false no costs only the slow way). The read path makes a token's pairs all alike; were a
+    named tuple among plain ones, orjson would refuse it and `TokensEncoder` fall back to json,
+    which writes it as an array all the same."""
+    try:
+        total = sum(map(_SECOND, pairs))
+    except TypeError:
+        return False
+    return total - total == 0.0
 
 
 def storable_tokens(data: list) -> list:
     """`storable(data)` for `tokens_to_json`'s shape: one scan of all its strings, and the
     element by element copy only when one of them needs a replacement (rarely)."""
-    strings = [token[0] for token in data]
-    strings += [alternative[0] for token in data for alternative in token[2]]
+    strings = list(map(_FIRST, data))
+    strings += map(_FIRST, chain.from_iterable(map(_ALTERNATIVES, data)))
     if _UNSTORABLE.search("".join(strings)) is None:
         return data
     return storable(data)
+
+
+_ALTERNATIVES = itemgetter(2)
 
 
 def tokens_from_json(data: list) -> list[Token]:

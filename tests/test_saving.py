@@ -162,3 +162,37 @@ def test_a_value_orjson_refuses_is_still_stored_by_json():
     huge = 2**70  # past 64 bits: orjson refuses to write it, json does not
     run = run_row("huge", tokens=[["x", None, []], huge])
     assert Run.objects.get(pk=run.pk).tokens[1] == huge
+
+
+def test_saved_tokens_keep_finite_alternatives_of_every_kind_and_read_back_the_same():
+    from playground.completions import Alternative, Token
+
+    nan, inf = float("nan"), float("inf")
+    tokens = [
+        # The read path's plain pairs, kept as they are.
+        Token(text="def", logprob=-0.1, alternatives=(("def", -0.1), ("class", -2.5))),
+        # Non-finite logprobs: JSON has none, so the token's becomes null and the pair goes.
+        Token(text=" f", logprob=nan, alternatives=((" f", -0.2), (" g", -inf), (" h", nan))),
+        # The general path's named tuples, and a mix of both kinds.
+        Token(
+            text="(", logprob=-0.3, alternatives=(Alternative("(", -0.3), Alternative("[", -4.0))
+        ),
+        Token(text=")", logprob=-0.4, alternatives=((")", -0.4), Alternative(",", -3.0))),
+        Token(text=":", logprob=None, alternatives=()),
+        # A NUL (which PostgreSQL cannot store) in a plain pair is replaced like any other.
+        Token(text="x", logprob=-0.5, alternatives=(("x", -0.5), ("\x00", -1.0))),
+    ]
+    row = run_row("o" * 32, tokens=history.storable_tokens(history.tokens_to_json(tokens)))
+    saved = Run.objects.get(pk=row.pk).tokens
+    assert saved == [
+        ["def", -0.1, [["def", -0.1], ["class", -2.5]]],
+        [" f", None, [[" f", -0.2]]],
+        ["(", -0.3, [["(", -0.3], ["[", -4.0]]],
+        [")", -0.4, [[")", -0.4], [",", -3.0]]],
+        [":", None, []],
+        ["x", -0.5, [["x", -0.5], ["\ufffd", -1.0]]],
+    ]
+    assert [t.alternatives for t in history.tokens_from_json(saved)][0] == (
+        ("def", -0.1),
+        ("class", -2.5),
+    )
