@@ -422,13 +422,13 @@ def floor(raw: dict) -> list[Row]:
         ),
         Row(
             section,
-            f"final render of a {TOKENS}-token run",
+            f"final render, {TOKENS}-token runs",
             f"{render * 1e6:.1f} ms",
-            "render_completion (in a worker thread, same process)",
+            "render_completion (in a worker thread, same process); best of 5",
         ),
         Row(
             section,
-            f"saved tokens of a {TOKENS}-token run",
+            f"saved tokens, {TOKENS}-token runs",
             f"{save * 1e6:.1f} ms",
             "tokens_to_json + the unstorable-character scan + the JSON (orjson); best of 5",
         ),
