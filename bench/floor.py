@@ -119,6 +119,46 @@ async def events(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
         sock.close()
 
 
+async def events_httpx(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
+    """`events`, reading the upstream through the app's httpx client (`completions.get_client`:
+    its pool and socket backend) instead of a raw socket: what the brief's fixed HTTP client
+    adds to the floor. The same request body, pace, parse and events."""
+    from playground.completions import get_client
+
+    head, body = upstream_request(form, port).split(b"\r\n\r\n", 1)
+    pending: list[str] = []
+    last_write = 0.0
+    seen_text = False
+    buffer = b""
+    async with get_client().stream(
+        "POST",
+        f"http://127.0.0.1:{port}/v1/completions",
+        content=body,
+        headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+    ) as response:
+        async for data in response.aiter_bytes():
+            buffer += data
+            *frames, buffer = buffer.split(b"\n\n")
+            for frame in frames:
+                payload = frame[6:]
+                if payload == b"[DONE]":
+                    continue
+                choices = orjson.loads(payload).get("choices")
+                if choices and choices[0].get("text"):
+                    pending.append(choices[0]["text"])
+            now = time.perf_counter()
+            if pending and (not seen_text or now - last_write >= COALESCE_SECONDS):
+                yield event("".join(pending))
+                pending.clear()
+                last_write = now
+                seen_text = True
+            if seen_text and len(data) < 16384:
+                await asyncio.sleep(READ_INTERVAL_SECONDS)
+    if pending:
+        yield event("".join(pending))
+    yield b'event: done\ndata: {"status":"complete"}\n\n'
+
+
 async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
     try:
         form = parse_qs((await read_body(reader)).decode())

@@ -150,9 +150,11 @@ def concurrency(
             used = {k: v - before[k] for k, v in snapshot(app.pid, upstream.pid).items()}
         floor_run = minimal_relay(upstream_port, streams)
         django_run = django_relay(upstream_port, streams)
+        httpx_run = django_relay(upstream_port, streams, reader="httpx")
         rows += level_rows(streams, direct, relay, used, peak.peak - rss_before)
         rows += floor_rows(streams, direct, floor_run, FLOOR)
         rows += floor_rows(streams, direct, django_run, DJANGO_FLOOR)
+        rows += floor_rows(streams, direct, httpx_run, HTTPX_FLOOR)
         raw[streams] = {
             "direct": direct,
             "relay": relay,
@@ -161,6 +163,7 @@ def concurrency(
             "floor_per_token": per_token(floor_run),
             "django_per_token": per_token(django_run),
             "django_per_request": django_run["per_request"],
+            "httpx_per_token": per_token(httpx_run),
         }
     return rows, raw
 
@@ -180,21 +183,24 @@ def minimal_relay(upstream_port: int, streams: int) -> dict:
     return run
 
 
-def django_relay(upstream_port: int, streams: int) -> dict:
+def django_relay(upstream_port: int, streams: int, reader: str = "socket") -> dict:
     """The same streams through the minimal relay as a Django view (bench/django_floor.py),
-    served like the app: its CPU per stream and, as for the app, per one-token request."""
+    served like the app: its CPU per stream and, as for the app, per one-token request (for
+    the raw-socket reader; `reader="httpx"` reads the upstream through the app's httpx client,
+    and only its streams are measured)."""
+    env = {"DJANGO_SETTINGS_MODULE": "bench.django_floor", "FLOOR_READER": reader}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        procs.app(
-            Path(tmp), DJANGO_SETTINGS_MODULE="bench.django_floor", **app_env(upstream_port)
-        ) as relay,
+        procs.app(Path(tmp), **env, **app_env(upstream_port)) as relay,
     ):
         csrf = csrf_token(relay)
         for _ in range(3):
             procs.run_load(spec("relay", relay.port, 4, csrf))  # warm-up
-        before = procs.cpu_seconds(relay.pid)
-        procs.run_load(spec("relay", relay.port, streams, csrf, seed=30_000, tokens=1))
-        per_request = (procs.cpu_seconds(relay.pid) - before) / streams
+        per_request = float("nan")
+        if reader == "socket":
+            before = procs.cpu_seconds(relay.pid)
+            procs.run_load(spec("relay", relay.port, streams, csrf, seed=30_000, tokens=1))
+            per_request = (procs.cpu_seconds(relay.pid) - before) / streams
         before = procs.cpu_seconds(relay.pid)
         run = procs.run_load(spec("relay", relay.port, streams, csrf, seed=50_000))
         run["cpu"] = procs.cpu_seconds(relay.pid) - before
@@ -207,6 +213,11 @@ DJANGO_FLOOR = (
     "floor under Django: minimal relay as a view",
     "bench/django_floor.py, the app's settings and middleware, no form, limits, tokens, "
     "render, templates or save",
+)
+HTTPX_FLOOR = (
+    "floor under Django and httpx: the same view reading through httpx",
+    "bench/django_floor.py with FLOOR_READER=httpx: the upstream read through the app's "
+    "httpx client (its pool and socket backend) instead of a raw socket",
 )
 
 
@@ -447,6 +458,12 @@ def floor(raw: dict) -> list[Row]:
             "django_per_token",
             "floor under Django with the app's features",
             "the Django floor's {base:.1f} ms (its requests included) + the same features "
+            f"({features * 1e6:.1f}); no form, limits, templates or database",
+        ),
+        (
+            "httpx_per_token",
+            "floor under Django and httpx with the app's features",
+            "the brief's fixed stack: the httpx floor's {base:.1f} ms + the same features "
             f"({features * 1e6:.1f}); no form, limits, templates or database",
         ),
     )
