@@ -55,6 +55,9 @@ class ASGIHandler(asgi.ASGIHandler):
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
         finally:
+            # Given back even if a sync call of this request is still running (the request was
+            # cancelled while in it): the next request to take this thread then waits for that
+            # call, where with asgiref's own thread this request's end waited for it (the join).
             if len(_idle) < KEPT_THREADS:
                 _idle.append(executor)
             else:
