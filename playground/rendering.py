@@ -228,7 +228,10 @@ def warm_up() -> None:
     """
     import difflib
 
-    source = Path(difflib.__file__).read_text(encoding="utf-8")
+    try:
+        source = Path(difflib.__file__).read_text(encoding="utf-8")
+    except (OSError, TypeError, UnicodeDecodeError):  # an install without its .py sources
+        source = "def f(x=1):\n    return [x, 'a', \"b\", 2.5]  # c\n"
     list(lexing.tokens(_lexer_for(None), source + "".join(map(chr, range(32, 127)))))
 
 

@@ -163,3 +163,13 @@ def test_the_render_highlights_as_before():
             expected_ends.append(pos - len(prompt))
             expected_classes.append(cls)
     assert (ends, classes) == (expected_ends, expected_classes)
+
+
+def test_the_warm_up_compiles_the_default_lexer_even_without_the_stdlib_sources(monkeypatch):
+    # It lexes difflib's source at startup; an install without .py files must still start.
+    import difflib
+
+    monkeypatch.setattr(difflib, "__file__", "/nonexistent/difflib.py")
+    rendering.warm_up()
+    root = lexing._states(rendering._lexer_for(None))["root"]
+    assert root.by_char[ord("d")] is not None  # `def` was lexed: its rules are compiled
