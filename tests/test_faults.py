@@ -219,3 +219,34 @@ def test_the_upstream_request_starts_before_the_body_is_read_and_a_dropped_body_
 
     asyncio.run(go())
     assert not upstream.requests[-1].answered.is_set()
+
+
+def test_the_wait_between_events_ends_when_the_run_ends(monkeypatch):
+    """After each event the response waits for more tokens to gather (`_Feed.pause`), but never
+    past the run's end: the last text and the final fragment must not wait out the window."""
+    import asyncio
+
+    from playground import streaming
+
+    async def go():
+        feed = streaming._Feed()
+        upstream_done = asyncio.Event()
+
+        async def pump(run, sink):
+            await upstream_done.wait()
+
+        monkeypatch.setattr(streaming, "pump", pump)
+        reader = asyncio.create_task(feed.read(None))
+        # A short window ends by itself while the run goes on.
+        await asyncio.wait_for(feed.pause(0.001), 5)
+        assert not reader.done()
+        # An hour's window ends as soon as the reader does (the guard below would fail first).
+        waiting = asyncio.create_task(feed.pause(3600))
+        await asyncio.sleep(0)  # let it start waiting
+        upstream_done.set()
+        await asyncio.wait_for(waiting, 5)
+        await reader
+        # Once the run has ended, a pause returns at once.
+        await asyncio.wait_for(feed.pause(3600), 5)
+
+    asyncio.run(go())
