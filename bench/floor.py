@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -70,66 +71,50 @@ def upstream_request(form: dict[str, list[str]], port: int) -> bytes:
     return head.encode() + body
 
 
-async def events(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
+def events(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
     """The response body: the upstream stream for `form`, relayed as coalesced SSE events."""
+    return _relayed(_socket_body(form, port))
+
+
+def events_httpx(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
+    """`events`, reading the upstream through the app's httpx client (`completions.get_client`:
+    its pool and socket backend) instead of a raw socket: what the brief's fixed HTTP client
+    adds to the floor. The same request body, pace, parse and events."""
+    return _relayed(_httpx_body(form, port))
+
+
+async def _socket_body(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
+    """The upstream response's body, as each read off a raw socket returns it."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     try:
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", port))
         await loop.sock_sendall(sock, upstream_request(form, port))
-        buffer = b""
-        pending: list[str] = []
-        last_write = 0.0
-        seen_text = False
-        in_head = True
+        head = b""
         while True:
             try:
                 data = sock.recv(65536)
             except BlockingIOError:
                 data = await loop.sock_recv(sock, 65536)
             if not data:
-                break
-            buffer += data
-            if in_head:
-                if b"\r\n\r\n" not in buffer:
+                return
+            if head is not None:
+                head += data
+                if b"\r\n\r\n" not in head:
                     continue
-                buffer = buffer.split(b"\r\n\r\n", 1)[1]
-                in_head = False
-            *frames, buffer = buffer.split(b"\n\n")
-            for frame in frames:
-                payload = frame[6:]
-                if payload == b"[DONE]":
-                    continue
-                choices = orjson.loads(payload).get("choices")
-                if choices and choices[0].get("text"):
-                    pending.append(choices[0]["text"])
-            now = time.perf_counter()
-            if pending and (not seen_text or now - last_write >= COALESCE_SECONDS):
-                yield event("".join(pending))
-                pending.clear()
-                last_write = now
-                seen_text = True
-            if seen_text and len(data) < 16384:
-                await asyncio.sleep(READ_INTERVAL_SECONDS)
-        if pending:
-            yield event("".join(pending))
-        yield b'event: done\ndata: {"status":"complete"}\n\n'
+                data = head.split(b"\r\n\r\n", 1)[1]
+                head = None
+            yield data
     finally:
         sock.close()
 
 
-async def events_httpx(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
-    """`events`, reading the upstream through the app's httpx client (`completions.get_client`:
-    its pool and socket backend) instead of a raw socket: what the brief's fixed HTTP client
-    adds to the floor. The same request body, pace, parse and events."""
+async def _httpx_body(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
+    """The same body, read through the app's httpx client."""
     from playground.completions import get_client
 
-    head, body = upstream_request(form, port).split(b"\r\n\r\n", 1)
-    pending: list[str] = []
-    last_write = 0.0
-    seen_text = False
-    buffer = b""
+    body = upstream_request(form, port).split(b"\r\n\r\n", 1)[1]
     async with get_client().stream(
         "POST",
         f"http://127.0.0.1:{port}/v1/completions",
@@ -137,6 +122,18 @@ async def events_httpx(form: dict[str, list[str]], port: int) -> AsyncIterator[b
         headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
     ) as response:
         async for data in response.aiter_bytes():
+            yield data
+
+
+async def _relayed(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The upstream's SSE body, read by `reads` at the app's pace (a pause after each small
+    read once text flows), parsed for each chunk's text and written as coalesced events."""
+    buffer = b""
+    pending: list[str] = []
+    last_write = 0.0
+    seen_text = False
+    async with contextlib.aclosing(reads):
+        async for data in reads:
             buffer += data
             *frames, buffer = buffer.split(b"\n\n")
             for frame in frames:
