@@ -205,12 +205,12 @@ def test_the_upstream_request_starts_before_the_body_is_read_and_a_dropped_body_
     request = CompletionRequest(model="bigcode/starcoder2-7b", prompt="def f():", max_tokens=200)
 
     async def go():
+        upstream.arrived.clear()
         body = streaming.relay(get_backend("completions"), request)
-        for _ in range(500):  # the request arrives with no byte of the body asked for
-            if upstream.requests:
-                break
-            await asyncio.sleep(0.01)
-        assert upstream.requests, "the upstream request started before the body was read"
+        # The request arrives with no byte of the body asked for (waited for in a thread, so
+        # the loop runs the reader task meanwhile).
+        arrived = await asyncio.to_thread(upstream.arrived.wait, 5)
+        assert arrived, "the upstream request started before the body was read"
         del body
         gc.collect()
         # Waited for while the loop runs: at its end asyncio.run cancels every task anyway.

@@ -113,6 +113,7 @@ class Upstream:
         self.port = 0
         self.scheme = scheme
         self.requests: list[ReceivedRequest] = []
+        self.arrived = threading.Event()  # set when a request has been read
         self.default = Script()
         self.models = ["bigcode/starcoder2-7b"]
         self.connections = 0
@@ -169,6 +170,7 @@ class Upstream:
             parsed = None
         request = ReceivedRequest(method, path, headers, body, parsed)
         self.requests.append(request)
+        self.arrived.set()
         return request
 
     async def _respond(
