@@ -71,6 +71,7 @@ def storable(value):
 
 _FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
+_ALTERNATIVES = itemgetter(2)
 
 
 def tokens_to_json(tokens) -> list:
@@ -112,8 +113,6 @@ def storable_tokens(data: list) -> list:
         return data
     return storable(data)
 
-
-_ALTERNATIVES = itemgetter(2)
 
 
 def tokens_from_json(data: list) -> list[Token]:
