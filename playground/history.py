@@ -114,7 +114,6 @@ def storable_tokens(data: list) -> list:
     return storable(data)
 
 
-
 def tokens_from_json(data: list) -> list[Token]:
     return [
         Token(
