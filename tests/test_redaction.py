@@ -6,10 +6,9 @@ import io
 import logging
 import logging.config
 
-import httpx
 import pytest
 from conftest import run_app
-from live import generate, session
+from live import FORM, generate, session
 
 from playground.redaction import MASK, RedactSecrets, redact
 
@@ -82,8 +81,16 @@ def test_a_generation_at_debug_logs_no_key(tmp_path, upstream):
         client = session(app.url)
         for backend in ("completions", "completions", "completions", "nvidia"):
             assert generate(client, backend=backend).status_code == 200
-        with pytest.raises(httpx.HTTPError):
-            client.post("/generate", data={"prompt": "x"}, timeout=0.001)
+        # A reader who leaves mid-stream: the relay cancels its upstream request at DEBUG too.
+        # (A 1 ms client timeout raced the app's answer and sometimes lost: CI read a 422.)
+        upstream.script(dialect="vllm", tokens=[f"t{i} " for i in range(40)], chunk_delay=0.15)
+        upstream.arrived.clear()
+        with client.stream("POST", "/generate", data=FORM) as response:
+            assert response.status_code == 200
+            assert upstream.arrived.wait(10)
+            next(response.iter_raw())
+        left = upstream.requests[-1]
+        assert left.disconnected.wait(10), "the app kept reading for a reader who had left"
         log = "".join(app.log)
     assert "HTTP Request: POST" in log  # httpx did log at DEBUG/INFO: the test saw its output
     # The filter keeps each record formattable: uvicorn's access log unpacks its arguments.
