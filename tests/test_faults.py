@@ -250,3 +250,63 @@ def test_the_wait_between_events_ends_when_the_run_ends(monkeypatch):
         await asyncio.wait_for(feed.pause(3600), 5)
 
     asyncio.run(go())
+
+
+def test_text_events_are_spaced_without_a_timer_when_batches_come_apart(
+    monkeypatch, completions_backend
+):
+    """Streamed text goes out at most once per `MIN_EVENT_GAP`: a batch that comes sooner waits
+    for more tokens; one that comes later (a paced reader's next read) goes out at once, with no
+    pause; the first text never waits. The clock is a fake one, moved by the test and by the
+    pauses; the upstream is the test, pushing deltas through the reader's sink."""
+    import asyncio
+    import types
+
+    from playground import streaming
+    from playground.backends import get_backend
+    from playground.completions import CompletionRequest, Delta
+
+    clock = [100.0]
+    monkeypatch.setattr(streaming, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    pauses: list[float] = []
+
+    async def pause(self, seconds):
+        pauses.append(round(seconds, 6))
+        clock[0] += seconds
+
+    monkeypatch.setattr(streaming._Feed, "pause", pause)
+    gap = streaming.MIN_EVENT_GAP
+
+    async def go():
+        deltas: asyncio.Queue = asyncio.Queue()
+
+        async def pump(run, sink):
+            while (delta := await deltas.get()) is not None:
+                sink(delta)
+
+        monkeypatch.setattr(streaming, "pump", pump)
+        request = CompletionRequest(model="m", prompt="def f():", max_tokens=16)
+        body = streaming.relay(get_backend("completions"), request)
+        assert b'id="live"' in await anext(body)  # the reset before the run
+        texts = []
+        for step, words in ((0.0, ["a"]), (gap / 4, ["b", "c"]), (gap * 1.5, ["d"])):
+            clock[0] += step
+            for word in words:
+                deltas.put_nowait(Delta(text=word))
+            texts.append(await anext(body))
+        deltas.put_nowait(Delta(text="e", finish_reason="stop"))
+        deltas.put_nowait(None)
+        rest = [part async for part in body]
+        return texts, rest
+
+    texts, rest = asyncio.run(go())
+    assert texts == [
+        b"data: <span>a</span>\n\n",
+        b"data: <span>bc</span>\n\n",
+        b"data: <span>d</span>\n\n",
+    ]
+    # Only "b c" came too soon after "a": it waited the rest of the gap. "d" came after a gap and
+    # a half, and the run's end does not wait.
+    assert pauses == [round(gap - gap / 4, 6)]
+    assert rest[0] == b"data: <span>e</span>\n\n"
+    assert b"event: done" in rest[-1]
