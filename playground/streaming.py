@@ -52,14 +52,8 @@ from playground.rendering import render_completion, render_plain
 log = logging.getLogger(__name__)
 
 # One event per token costs the browser a swap each and this worker a write each: text is sent
-# about 20 times a second, as smooth as reading needs (docs/PERFORMANCE.md measures the CPU).
+# at most 20 times a second, as smooth as reading needs (docs/PERFORMANCE.md measures the CPU).
 COALESCE_SECONDS = 0.05
-# The least time between two text events. A little under the cadence: the reader's batches come
-# about one read interval apart, a little more or less as the event loop is busy, and each goes
-# out as it comes, with no timer. Waiting out a whole window after every event woke the response
-# twice per batch (the window's end, then the batch): 8 % of the worker's CPU at 50 streams. A
-# source with one token at a time (the offline model, an unpaced upstream) still gathers here.
-MIN_EVENT_GAP = 0.8 * COALESCE_SECONDS
 # Reading the upstream socket at most about as often as we write: a paced upstream sends one
 # chunk per token, and a read with its wake-up costs more than the chunk's parsing. The pause
 # starts only after the first text (the first token is never delayed) and stops once a
@@ -210,9 +204,9 @@ class _Feed:
         """Wait `seconds`, or less if the run finishes meanwhile.
 
         One future, resolved by a timer or by the end of `read`: the usual way (a timeout around
-        `finished.wait()`) cancels the waiting task each time the timer fires, and a source
-        with one token at a time pauses before nearly every event (docs/PERFORMANCE.md: 7 µs
-        against 2 µs, timed apart)."""
+        `finished.wait()`) cancels the waiting task each time the timer fires, and this wait
+        ends by its timer after nearly every event, about 100 times per 1,000 tokens
+        (docs/PERFORMANCE.md: 7 µs against 2 µs, timed apart)."""
         if self.finished.is_set():
             return
         loop = asyncio.get_running_loop()
@@ -238,7 +232,6 @@ def _cancel_from_anywhere(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -
 
 async def _events(run: Run, feed: _Feed, reader: asyncio.Task, record) -> AsyncIterator[bytes]:
     ended = False
-    last = -math.inf
     queue, wake, finished = feed.queue, feed.wake, feed.finished
     try:
         yield run_start(run.backend.label)
@@ -253,12 +246,6 @@ async def _events(run: Run, feed: _Feed, reader: asyncio.Task, record) -> AsyncI
                         continue
                 else:
                     await wake.wait()
-            if not finished.is_set():
-                # Too soon after the last text: let more tokens gather, but end the wait as soon
-                # as the run finishes.
-                wait = last + MIN_EVENT_GAP - time.perf_counter()
-                if wait > 0:
-                    await feed.pause(wait)
             wake.clear()
             batch = queue[:]
             queue.clear()
@@ -266,11 +253,13 @@ async def _events(run: Run, feed: _Feed, reader: asyncio.Task, record) -> AsyncI
             if text:
                 # Wrapped in an element: htmx skips a swap whose fragment is only whitespace,
                 # and a chunk of code is often just a newline and an indent.
-                last = time.perf_counter()
                 yield sse_message(f"<span>{render_plain(text)}</span>")
             if finished.is_set() and not queue:
                 ended = True
                 break
+            if text:
+                # Let the next tokens gather, but end the wait as soon as the run finishes.
+                await feed.pause(COALESCE_SECONDS)
     finally:
         if not reader.done():
             reader.cancel()
