@@ -7,8 +7,10 @@ than everything else it does per token (docs/PERFORMANCE.md). This backend does 
 with the event loop's own socket calls: a read yields to the loop once (so cancellations and
 other tasks still get their turn), takes whatever the kernel already holds (after the relay's
 short pause between reads, usually several tokens' worth) without polling, and only waits with
-`loop.sock_recv` when nothing is there. httpx and httpcore keep doing
-everything else (HTTP/1.1 parsing, pooling, keep-alive, limits, proxies, timeouts' meaning), and
+`loop.sock_recv` when nothing is there. A chunked response body (every server streams a token
+per HTTP chunk) is read by `MergedChunks`, which gives h11's caller all the chunks already
+received as one piece, not a piece per token. httpx, httpcore and h11 keep doing everything
+else (HTTP/1.1 parsing, pooling, keep-alive, limits, proxies, timeouts' meaning), and
 their exception types are raised exactly where anyio's backend raises them, so error handling
 upstream of here (completions._error_from_exception) sees no difference.
 
@@ -25,7 +27,10 @@ import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import h11
 import httpcore
+from h11._readers import ChunkedReader, chunk_header_re
+from h11._receivebuffer import ReceiveBuffer
 from httpcore._backends.anyio import AnyIOBackend
 from httpcore._utils import is_socket_readable
 
@@ -287,13 +292,100 @@ class LinearPool(httpcore.AsyncConnectionPool):
             pool_request.assign_to_connection(connection)
         return closing
 
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        connection = super().create_connection(origin)
+        if type(connection) is httpcore.AsyncHTTPConnection and _MERGING:
+            connection.__class__ = _Connection  # the same object; only the class changes
+        return connection
+
     async def _close_connections(self, closing: list[httpcore.AsyncConnectionInterface]) -> None:
         if closing:  # httpcore enters a shielded cancel scope even for none
             await super()._close_connections(closing)
 
 
+class MergedChunks(ChunkedReader):
+    """h11's reader of a chunked body, giving all of the body already received as one piece.
+
+    Servers stream each SSE message (one token) as its own HTTP chunk, and h11 makes each chunk
+    a `Data` event, which httpcore and httpx hand up one by one. The relay pauses after each
+    small piece it reads (`completions.stream_completion`'s `read_interval`), so one piece per
+    token paced every token at that pause: 20 tokens a second from any chunked upstream, and
+    each token climbing h11's, httpcore's and httpx's layers alone (docs/PERFORMANCE.md).
+
+    This reader lets h11's own code read the first piece, then takes every following chunk
+    already in the buffer, the last one perhaps in part, into the same event, checking each
+    size line with h11's own pattern. What it does not take (the last chunk and its trailers,
+    a size line not yet whole, one that does not match) h11's code reads next, or refuses, as
+    before. The bytes are the same either way: chunk boundaries carry no meaning in HTTP, and
+    httpcore passes on only `Data.data`.
+    """
+
+    def __call__(self, buf: ReceiveBuffer) -> h11.Data | h11.EndOfMessage | None:
+        event = super().__call__(buf)
+        if type(event) is not h11.Data or not event.chunk_end:
+            return event  # the end, nothing yet, or the buffer ended inside the chunk
+        # h11 stands after a chunk's data, before its CRLF; each next chunk is that CRLF, a size
+        # line and its data.
+        data = buf._data
+        end = 0
+        pieces: list[tuple[int, int]] = []
+        chunk_end = True
+        while data[end : end + 2] == b"\r\n":
+            eol = data.find(b"\r\n", end + 2)
+            if eol < 0:
+                break
+            header = chunk_header_re.fullmatch(data, end + 2, eol + 2)
+            if header is None:
+                break
+            size = int(header["chunk_size"], 16)
+            start = eol + 2
+            if size == 0 or len(data) <= start:
+                break  # the last chunk, or none of this one's data yet
+            end = min(start + size, len(data))
+            pieces.append((start, end))
+            if end < start + size:
+                # The buffer ends inside this chunk: h11 reads its rest as it comes, the same
+                # state h11 is in after a chunk's first part (no CRLF owed yet).
+                self._bytes_in_chunk = start + size - end
+                self._bytes_to_discard = b""
+                chunk_end = False
+                break
+        if not pieces:
+            return event
+        # Taken the way h11 takes bytes (which also resets its line-search marks).
+        taken = buf._extract(end)
+        merged = b"".join([event.data, *(taken[start:stop] for start, stop in pieces)])
+        return h11.Data(data=merged, chunk_start=event.chunk_start, chunk_end=chunk_end)
+
+
+# What MergedChunks uses of h11's internals; an h11 without them keeps its own reader.
+_MERGING = (
+    callable(getattr(ReceiveBuffer, "_extract", None))
+    and isinstance(getattr(ReceiveBuffer(), "_data", None), bytearray)
+    and {"_bytes_in_chunk", "_bytes_to_discard"} <= vars(ChunkedReader()).keys()
+)
+
+
+def _merge_chunks(connection: object) -> None:
+    """Give an HTTP/1.1 connection's response body `MergedChunks` if h11 is to read it with its
+    own chunked reader (not yet called: the response's headers were just read)."""
+    state = getattr(connection, "_h11_state", None)
+    if type(getattr(state, "_reader", None)) is ChunkedReader:
+        state._reader = MergedChunks()
+
+
+class _Connection(httpcore.AsyncHTTPConnection):
+    """httpcore's connection, whose chunked response bodies are read by `MergedChunks`."""
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        response = await super().handle_async_request(request)
+        _merge_chunks(getattr(self, "_connection", None))
+        return response
+
+
 def install(transport: object) -> bool:
-    """Give an httpx transport's connection pool this backend and `LinearPool`'s bookkeeping;
+    """Give an httpx transport's connection pool this backend, `LinearPool`'s bookkeeping and
+    `MergedChunks` for its connections' chunked bodies;
     False if it has no such pool (a mock transport in tests, or an httpx whose internals moved:
     then httpcore's own stay)."""
     pool = getattr(transport, "_pool", None)

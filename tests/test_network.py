@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import types
 
 import httpcore
 import httpx
@@ -349,3 +350,122 @@ def test_a_connection_waiting_for_its_request_is_not_given_to_another(upstream, 
     # of being handed the same connection before it was used, then failing over to a new one.
     assert retries == []
     assert upstream.connections == 3
+
+
+# --- chunked bodies: every chunk already received in one piece --------------------------------
+
+
+def _chunked(frames: list[bytes], trailer: bytes = b"") -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames) + b"0\r\n" + trailer + b"\r\n"
+
+
+def _read_body(wire: bytes, splits: list[int], merged: bool) -> tuple[list[bytes], object]:
+    """The Data pieces and the final event of a chunked response fed to h11 in `splits`."""
+    import h11
+
+    connection = h11.Connection(h11.CLIENT)
+    connection.send(h11.Request(method="POST", target="/", headers=[("Host", "x")]))
+    connection.send(h11.EndOfMessage())
+    connection.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert type(connection.next_event()) is h11.Response
+    if merged:
+        network._merge_chunks(types.SimpleNamespace(_h11_state=connection))
+        assert type(connection._reader) is network.MergedChunks
+    pieces: list[bytes] = []
+    at = 0
+    for cut in [*splits, len(wire)]:
+        connection.receive_data(wire[at:cut])
+        at = cut
+        while (event := connection.next_event()) is not h11.NEED_DATA:
+            if type(event) is not h11.Data:
+                return pieces, event
+            pieces.append(bytes(event.data))
+    return pieces, None
+
+
+def test_whole_chunks_already_received_come_as_one_piece():
+    import h11
+
+    frames = [b'data: {"text": "t%d"}\n\n' % i for i in range(10)]
+    wire = _chunked(frames)
+    plain, _ = _read_body(wire, [], merged=False)
+    assert len(plain) == 10  # h11's own reader: a piece per chunk, as an upstream sends tokens
+    pieces, end = _read_body(wire, [], merged=True)
+    assert pieces == [b"".join(frames)]
+    assert type(end) is h11.EndOfMessage
+    # Split mid-way through the sixth chunk: that read's pieces come as one, the rest next.
+    body, at = b"".join(frames), len(b"".join(frames[:5])) + 7
+    pieces, end = _read_body(wire, [wire.index(frames[5]) + 7], merged=True)
+    assert pieces == [body[:at], body[at:]]
+    assert type(end) is h11.EndOfMessage
+
+
+def test_merged_chunks_read_the_same_bytes_and_ends_wherever_reads_split():
+    """Against h11's own reader, on random bodies split at random: chunk extensions, trailers,
+    empty frames, every split point (inside size lines, CRLFs and data)."""
+    import random
+
+    import h11
+
+    rng = random.Random(6)  # noqa: S311 (test data, not secrets)
+    for _ in range(300):
+        frames = [rng.randbytes(rng.choice([1, 2, 15, 16, 300])) for _ in range(rng.randint(1, 12))]
+        wire = b"".join(
+            b"%x%s\r\n%s\r\n" % (len(f), rng.choice([b"", b";ext=1", b" "]), f) for f in frames
+        )
+        wire += b"0\r\n" + rng.choice([b"", b"X-Trailer: yes\r\n"]) + b"\r\n"
+        splits = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randint(0, 8))))
+        plain, plain_end = _read_body(wire, splits, merged=False)
+        pieces, end = _read_body(wire, splits, merged=True)
+        assert b"".join(pieces) == b"".join(plain) == b"".join(frames)
+        assert type(end) is type(plain_end) is h11.EndOfMessage
+        assert end.headers == plain_end.headers
+        assert len(pieces) <= len(splits) + 1  # at most a piece per read (the trailer aside)
+
+
+def test_a_malformed_chunk_after_whole_ones_is_refused_as_h11_refuses_it():
+    import h11
+
+    good = [b"data: 1\n\n", b"data: 2\n\n"]
+    wire = _chunked(good)[: -len(b"0\r\n\r\n")] + b"zz\r\nnope\r\n0\r\n\r\n"
+    for merged in (False, True):
+        with pytest.raises(h11.RemoteProtocolError, match="illegal chunk header"):
+            _read_body(wire, [], merged=merged)
+
+
+def test_a_paced_chunked_upstream_is_read_a_few_tokens_at_a_time(upstream, monkeypatch):
+    """Every server streams a token per HTTP chunk. The relay pauses after each small piece it
+    reads; with a piece per chunk it paused after every token, and a chunked upstream's tokens
+    came through at one per pause (20 a second). Now a pause is taken per read, each read
+    taking the several tokens that arrived meanwhile."""
+    from playground import completions
+
+    tokens = [f" t{i}" for i in range(60)]
+    upstream.script(tokens=tokens, chunk_delay=0.005)
+    pauses: list[float] = []
+    pause = completions._read_pause
+
+    def counted(*args):
+        pauses.append(pause(*args))
+        return pauses[-1]
+
+    monkeypatch.setattr(completions, "_read_pause", counted)
+    request = CompletionRequest(model="m", prompt="def f():", max_tokens=200, logprobs=2)
+
+    async def go():
+        client = make_client()
+        try:
+            texts = []
+            run = stream_completion(client, backend(upstream.base_url), request, read_interval=0.05)
+            async with contextlib.aclosing(run) as deltas:
+                async for delta in deltas:
+                    texts.append((delta.text, len(delta.tokens)))
+            return texts
+        finally:
+            await client.aclose()
+
+    texts = asyncio.run(go())
+    assert "".join(t for t, _ in texts) == "".join(tokens)
+    assert sum(n for _, n in texts) == len(tokens)
+    # 60 tokens 5 ms apart: 0.3 s, a pause of 50 ms after each read: about six reads, not 60.
+    assert len(pauses) < 20, f"{len(pauses)} pauses for {len(tokens)} tokens"
