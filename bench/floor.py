@@ -84,14 +84,16 @@ def events_httpx(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
 
 
 async def _socket_body(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
-    """The upstream response's body, as each read off a raw socket returns it."""
+    """The upstream response's body off a raw socket: per read, the whole chunks it completed
+    (the upstream sends an SSE message per chunk, so no message is split across them)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     try:
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", port))
         await loop.sock_sendall(sock, upstream_request(form, port))
-        head = b""
+        buffer = b""
+        head = True
         while True:
             try:
                 data = sock.recv(65536)
@@ -99,13 +101,24 @@ async def _socket_body(form: dict[str, list[str]], port: int) -> AsyncIterator[b
                 data = await loop.sock_recv(sock, 65536)
             if not data:
                 return
-            if head is not None:
-                head += data
-                if b"\r\n\r\n" not in head:
+            buffer += data
+            if head:
+                if b"\r\n\r\n" not in buffer:
                     continue
-                data = head.split(b"\r\n\r\n", 1)[1]
-                head = None
-            yield data
+                buffer = buffer.split(b"\r\n\r\n", 1)[1]
+                head = False
+            pieces = []
+            while (eol := buffer.find(b"\r\n")) >= 0:
+                size = int(buffer[:eol], 16)
+                if size == 0:
+                    break
+                end = eol + 2 + size
+                if len(buffer) < end + 2:
+                    break
+                pieces.append(buffer[eol + 2 : end])
+                buffer = buffer[end + 2 :]
+            if pieces:
+                yield b"".join(pieces)
     finally:
         sock.close()
 

@@ -3,7 +3,10 @@
 Run it as its own process (`python -m bench.upstream --port N`) so its CPU is not the app's. It
 answers every `POST /v1/completions` with `max_tokens` tokens, one SSE frame each, `delay_ms`
 apart (the server's `--delay-ms`, or `delay_ms=<x>` anywhere in the prompt), each with its logprob
-and `logprobs` alternatives, then a usage chunk and `[DONE]`, then closes the connection. Token
+and `logprobs` alternatives, then a usage chunk and `[DONE]`, then closes the connection. Each
+SSE message is its own HTTP chunk (`Transfer-Encoding: chunked`), as vLLM (uvicorn), NIM,
+llama.cpp and TGI send them: a body ended by closing the connection would reach the relay's
+HTTP client as one piece per read, and hide what a piece per token costs it. Token
 texts are Python-like and include the request's seed, so every concurrent stream is distinct and
 the client can check that it got exactly its own text (`expected_text`).
 
@@ -81,19 +84,19 @@ def tail(count: int) -> bytes:
         "choices": [],
         "usage": {"prompt_tokens": 7, "completion_tokens": count, "total_tokens": 7 + count},
     }
-    return (
-        b"".join(
-            b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n"
-            for c in (last, usage)
-        )
-        + b"data: [DONE]\n\n"
-    )
+    messages = [b"data: " + json.dumps(c, separators=(",", ":")).encode() for c in (last, usage)]
+    return b"".join(chunk(message + b"\n\n") for message in [*messages, b"data: [DONE]"])
 
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-    b"connection: close\r\n\r\n"
+    b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
 )
+
+
+def chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 async def read_body(reader: asyncio.StreamReader) -> bytes:
@@ -127,11 +130,11 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, del
                 wait = start + (index + 1) * pace - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            writer.write(frame(index, token, offset, alternatives))
+            writer.write(chunk(frame(index, token, offset, alternatives)))
             offset += len(token)
             if pace > 0 or index % 64 == 63:
                 await writer.drain()
-        writer.write(tail(count))
+        writer.write(tail(count) + b"0\r\n\r\n")
         await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
