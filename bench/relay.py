@@ -164,6 +164,8 @@ def concurrency(
             "django_per_token": per_token(django_run),
             "django_per_request": django_run["per_request"],
             "httpx_per_token": per_token(httpx_run),
+            "httpx_per_request": httpx_run["per_request"],
+            "app_per_token": used["app"] / (sum(r["ok"] for r in relay["results"]) * TOKENS),
         }
     return rows, raw
 
@@ -185,9 +187,8 @@ def minimal_relay(upstream_port: int, streams: int) -> dict:
 
 def django_relay(upstream_port: int, streams: int, reader: str = "socket") -> dict:
     """The same streams through the minimal relay as a Django view (bench/django_floor.py),
-    served like the app: its CPU per stream and, as for the app, per one-token request (for
-    the raw-socket reader; `reader="httpx"` reads the upstream through the app's httpx client,
-    and only its streams are measured)."""
+    served like the app: its CPU per stream and, as for the app, per one-token request.
+    `reader="httpx"` reads the upstream through the app's httpx client."""
     env = {"DJANGO_SETTINGS_MODULE": "bench.django_floor", "FLOOR_READER": reader}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -196,11 +197,9 @@ def django_relay(upstream_port: int, streams: int, reader: str = "socket") -> di
         csrf = csrf_token(relay)
         for _ in range(3):
             procs.run_load(spec("relay", relay.port, 4, csrf))  # warm-up
-        per_request = float("nan")
-        if reader == "socket":
-            before = procs.cpu_seconds(relay.pid)
-            procs.run_load(spec("relay", relay.port, streams, csrf, seed=30_000, tokens=1))
-            per_request = (procs.cpu_seconds(relay.pid) - before) / streams
+        before = procs.cpu_seconds(relay.pid)
+        procs.run_load(spec("relay", relay.port, streams, csrf, seed=30_000, tokens=1))
+        per_request = (procs.cpu_seconds(relay.pid) - before) / streams
         before = procs.cpu_seconds(relay.pid)
         run = procs.run_load(spec("relay", relay.port, streams, csrf, seed=50_000))
         run["cpu"] = procs.cpu_seconds(relay.pid) - before
@@ -479,6 +478,25 @@ def floor(raw: dict) -> list[Row]:
                 )
             )
     for streams, data in raw.items():
+        # What a run costs the app beyond what a request costs the httpx floor (both measured
+        # as one-token runs arriving at once): the form, admission, the recorder, the run's
+        # render, save and run-end fragment, spread over a run's tokens.
+        per_run = data["per_request"] - data["httpx_per_request"]
+        base = data["httpx_per_token"] + features + per_run / TOKENS
+        app = data["app_per_token"]
+        rows.append(
+            Row(
+                section,
+                f"the app's floor: the fixed stack with the app's per-token and per-run work, "
+                f"{streams} streams",
+                f"{base * 1e6:.1f} ms",
+                f"the httpx floor's {data['httpx_per_token'] * 1e6:.1f} ms + the same features "
+                f"({features * 1e6:.1f}) + the app's run beyond the floor's request "
+                f"({per_run * 1000:.2f} ms a run, {per_run / TOKENS * 1e6:.1f} per 1,000 tokens); "
+                f"the app spent {app * 1e6:.1f} ms, {app / base:.2f}× this",
+            )
+        )
+    for streams, data in raw.items():
         cost = data["per_request"]
         django = data["django_per_request"]
         rows.append(
@@ -489,7 +507,7 @@ def floor(raw: dict) -> list[Row]:
                 f"so the 95th of {streams} simultaneous arrivals waits ≥ "
                 f"{0.95 * streams * cost * 1000:.0f} ms for the worker's one core; the Django "
                 f"floor's request {django * 1000:.2f} ms (≥ {0.95 * streams * django * 1000:.0f}"
-                " ms)",
+                f" ms), the httpx floor's {data['httpx_per_request'] * 1000:.2f} ms",
             )
         )
     for streams, data in raw.items():
