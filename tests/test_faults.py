@@ -242,7 +242,10 @@ def test_the_wait_between_events_ends_when_the_run_ends(monkeypatch):
         assert not reader.done()
         # An hour's window ends as soon as the reader does (the guard below would fail first).
         waiting = asyncio.create_task(feed.pause(3600))
-        await asyncio.sleep(0)  # let it start waiting
+        # Until it waits on its future: a pause started after the run's end returns at once,
+        # which would not test the wake-up.
+        while feed._pause is None:
+            await asyncio.sleep(0)
         upstream_done.set()
         await asyncio.wait_for(waiting, 5)
         await reader
