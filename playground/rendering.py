@@ -23,10 +23,10 @@ The contract with the template, stylesheet and tooltip script:
   it once: the same data as attributes on every span measured about five times larger.
 
 Budget: a 4,096-token completion (13.5k-15k characters of Python) with five alternatives per
-token renders in 17-19 ms on the 2-core reference machine: about a fifth lexing, a fifth the
-merge and half the tooltip data (a third of that formatting the 20k alternative logprobs). So
-the merge is one linear pass with memoised escaping, no per-token regex, and the data one
-%-format for the whole JSON array.
+token renders in 15-30 ms on the 2-core reference machine, as its speed varies
+(docs/PERFORMANCE.md): about a fifth lexing, a fifth the merge and half the tooltip data (a
+third of that formatting the 20k alternative logprobs). So the merge is one linear pass with
+memoised escaping, no per-token regex, and the data one %-format for the whole JSON array.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def warm_up() -> None:
 
     lexing.py compiles a state's alternation for each character a token starts with the first
     time one does (about 2 ms each): lexing a real module (the standard library's difflib, on
-    every Python) compiles the ones ordinary code needs, about 0.4 s once per process.
+    every Python) compiles the ones ordinary code needs, under a second once per process.
     """
     import difflib
 
