@@ -14,7 +14,7 @@ import httpcore
 import httpx
 import pytest
 import trustme
-from upstream import closed_port_url, running_upstream
+from upstream import _http_chunk, closed_port_url, running_upstream
 
 from playground import network
 from playground.backends import Backend
@@ -355,8 +355,8 @@ def test_a_connection_waiting_for_its_request_is_not_given_to_another(upstream, 
 # --- chunked bodies: every chunk already received in one piece --------------------------------
 
 
-def _chunked(frames: list[bytes], trailer: bytes = b"") -> bytes:
-    return b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames) + b"0\r\n" + trailer + b"\r\n"
+def _chunked(frames: list[bytes]) -> bytes:
+    return b"".join(map(_http_chunk, frames)) + b"0\r\n\r\n"
 
 
 def _read_body(wire: bytes, splits: list[int], merged: bool) -> tuple[list[bytes], object]:
