@@ -94,6 +94,32 @@ def test_generate_streams_then_shows_tokens_with_a_tooltip_of_alternatives(page,
         expect(stats).to_contain_text(label)
 
 
+def test_the_tooltip_lists_the_backends_alternatives_most_likely_first(page, app, upstream_module):
+    # Sent out of order, with more decimals than the data keeps: listed most likely first, each
+    # with its probability; the head shows the span's own text and logprob.
+    upstream_module.script(
+        dialect="vllm",
+        tokens=["x", " =", " 1"],
+        logprobs=[-0.5, -0.05, -0.2],
+        alternatives=[{}, {" +": -2.0, " =": -0.05, " :": -1.2039728}, {}],
+    )
+    open_playground(page, app, backend="completions")
+    page.get_by_role("button", name="Generate").click()
+    wait_for_end(page)
+    page.mouse.move(0, 0)
+    page.locator('#result .t[data-i="1"]').focus()
+    tooltip = page.get_by_role("tooltip")
+    expect(tooltip.locator(".tt-token")).to_have_text("·=")
+    expect(tooltip.locator(".tt-logprob")).to_have_text("logprob -0.0500")
+    expect(tooltip.locator("li .tt-alt-token")).to_have_text(["·=", "·:", "·+"])
+    expect(tooltip.locator("li .tt-alt-prob")).to_have_text(["95.1%", "30.0%", "13.5%"])
+    expect(tooltip.locator("li.chosen")).to_have_text(re.compile("chosen"))
+
+    page.locator('#result .t[data-i="0"]').focus()
+    expect(tooltip.locator(".tt-token")).to_have_text("x")
+    expect(tooltip.locator("li")).to_have_count(0)
+
+
 def test_whitespace_is_made_visible_in_the_tooltip(page, app):
     open_playground(page, app)
     page.get_by_label("Prompt").fill("def f(x):\n    return x\n\n\ndef g(y):\n")

@@ -46,10 +46,24 @@ def generate(page, max_tokens: str = "30", temperature: str | None = None, top_p
     expect(page.locator("#stats")).to_contain_text("Finish")
 
 
+# Each token span's [text, logprob, [[alt_text, alt_logprob], ...]] from the page: the span's text
+# and data-logprob, and its alternatives from the run's data columns (rendering.py), in their order.
+RUN_DATA = """() => {
+  const run = document.querySelector('#result [data-run]');
+  const data = JSON.parse(run.querySelector('script.run-data').textContent);
+  let at = 0;
+  return [...run.querySelectorAll('.t')].map((span, i) => {
+    const alts = data.t.slice(at, at + data.n[i]).map((t, k) => [t, data.l[at + k] / 10000]);
+    at += data.n[i];
+    alts.sort((a, b) => b[1] - a[1]);
+    const lp = span.dataset.logprob;
+    return [span.textContent, lp === undefined ? null : Number(lp), alts];
+  });
+}"""
+
+
 def run_data(page) -> list:
-    return page.evaluate(
-        "JSON.parse(document.querySelector('#result [data-run] script.run-data').textContent)"
-    )
+    return page.evaluate(RUN_DATA)
 
 
 def shown_run_id(page) -> str:

@@ -7,9 +7,8 @@ the wire (only fields the dialect accepts), the rendered tokens, the tooltip dat
 
 from __future__ import annotations
 
-import json
-
 import pytest
+import tooltips
 from test_views import final, run, summary, upstream_form
 
 TOKENS = ["    return", " a", " +", " b", "\n"]
@@ -27,7 +26,7 @@ def dialect_backend(completions_backend, settings):
 
 
 def tooltip_data(events) -> list:
-    return json.loads(final(events).json_blobs[0])
+    return tooltips.entries([e for e in events if not e.event][-1].data)
 
 
 @pytest.mark.parametrize(

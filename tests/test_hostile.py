@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import tooltips
 from django.test import Client
 from hostile import PAYLOADS, assert_inert, visible
 from sse import post_stream
@@ -76,12 +77,8 @@ def test_a_hostile_completion_token_and_alternative_stay_text(completions_backen
     assert visible(payload) in streamed
     # The alternatives travel as JSON inside <script type="application/json">, which must
     # still parse (no early </script>) and give the strings back.
-    (blob,) = [
-        html.split('class="run-data">', 1)[1].split("</script>", 1)[0]
-        for html in fragments
-        if "run-data" in html
-    ]
-    data = json.loads(blob)
+    (html,) = [html for html in fragments if "run-data" in html]
+    data = tooltips.entries(html)
     assert data[1][0] == visible(payload)
     assert visible(payload) in [alt for alt, _ in data[0][2]] + [alt for alt, _ in data[1][2]]
     assert json.loads(next(e.data for e in events if e.event == "done"))["status"] == "complete"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 import pytest
+import tooltips
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -99,9 +100,13 @@ def _reject_constant(name: str) -> None:
     raise AssertionError(f"{name} is not JSON")
 
 
-def load_json(data: str) -> list:
+def load_json(data: str):
     # json.loads accepts NaN and Infinity by default; JSON.parse in the browser does not.
     return json.loads(data, parse_constant=_reject_constant)
+
+
+def tooltip_entries(rendered) -> list:
+    return tooltips.entries(rendered.html, rendered.data_json)
 
 
 def tok(text: str, logprob: float | None = -0.1, alternatives: tuple = ()) -> Token:
@@ -274,26 +279,41 @@ def test_json_has_one_entry_per_span_with_sorted_capped_alternatives():
     rendered = render(
         [tok("x", -0.01, alternatives), tok(" =", None), tok(" 1", -0.2)], alternatives_shown=2
     )
-    data = load_json(rendered.data_json)
+    data = tooltip_entries(rendered)
 
     assert len(data) == len(parse(rendered.html).tokens) == 3
     assert data[0] == ["x", -0.01, [[" a", -0.25], [" c", -1.1235]]]
     assert data[1] == [" =", None, []]
     assert data[2] == [" 1", -0.2, []]
-    assert ", " not in rendered.data_json  # compact separators
+    # Logprobs in ten-thousandths, rounded; compact separators.
+    assert load_json(rendered.data_json) == {
+        "n": [2, 0, 0],
+        "t": [" a", " c"],
+        "l": [-2500, -11235],
+    }
+    assert ", " not in rendered.data_json
 
 
-def test_json_keeps_sorted_alternatives_in_order_and_sorts_unsorted_ones():
+def test_json_keeps_the_backends_order_and_the_tooltip_sorts():
     ordered = (Alternative(text="a", logprob=-0.1), Alternative(text="b", logprob=-0.2))
     rendered = render([tok("a", -0.1, ordered), tok("b", -0.2, ordered[::-1])])
-    data = load_json(rendered.data_json)
+    assert load_json(rendered.data_json)["t"] == ["a", "b", "b", "a"]
+    data = tooltip_entries(rendered)
     assert data[0][2] == data[1][2] == [["a", -0.1], ["b", -0.2]]
+
+
+def test_plain_tuples_and_named_tuples_give_the_same_json():
+    # The read path makes plain pairs; a saved run read back makes Alternatives.
+    pairs = (("a", -0.123456), ("b", -2.5))
+    named = tuple(Alternative(text=t, logprob=lp) for t, lp in pairs)
+    assert render([tok("a", -0.1, pairs)]).data_json == render([tok("a", -0.1, named)]).data_json
 
 
 def test_alternatives_shown_zero_sends_no_alternatives():
     alternatives = (Alternative(text="y", logprob=-0.1),)
     rendered = render([tok("y", -0.1, alternatives)], alternatives_shown=0)
-    assert load_json(rendered.data_json) == [["y", -0.1, []]]
+    assert tooltip_entries(rendered) == [["y", -0.1, []]]
+    assert load_json(rendered.data_json) == {"n": [0], "t": [], "l": []}
 
 
 def test_non_finite_logprobs_never_reach_the_page():
@@ -307,7 +327,7 @@ def test_non_finite_logprobs_never_reach_the_page():
     spans = parse(rendered.html).tokens
 
     assert all("data-logprob" not in s.attrs for s in spans)
-    assert load_json(rendered.data_json) == [
+    assert tooltip_entries(rendered) == [
         ["a", None, [["a", -0.5], ["d", -1.0]]],
         ["b", None, []],
         ["c", None, []],
@@ -322,7 +342,7 @@ def test_json_is_safe_inside_a_script_element():
 
     for char in "<>&\u2028\u2029":
         assert char not in rendered.data_json
-    assert load_json(rendered.data_json) == [[payload, -0.5, [[payload, -1.0]]]]
+    assert tooltip_entries(rendered) == [[payload, -0.5, [[payload, -1.0]]]]
 
 
 def test_empty_tokens_keep_their_span_so_indices_stay_contiguous():
@@ -343,7 +363,7 @@ def test_tokens_that_stop_spelling_the_text_get_spans_up_to_the_mismatch():
     # The rest is still highlighted, as a string here, just without token spans.
     assert parsed.elements[-1].text == "é'"
     assert "s1" in parsed.elements[-1].classes
-    assert len(load_json(rendered.data_json)) == 3
+    assert len(tooltip_entries(rendered)) == 3
     assert rendered.token_count == 6
     assert rendered.has_probabilities is True
 
@@ -393,7 +413,7 @@ def test_hostile_token_text_is_shown_as_text(payload, lead):
     if lead == "# ":
         assert "c1" in parsed.tokens[1].classes
     assert parsed.text == lead + scrubbed(payload) + "\n"
-    assert load_json(rendered.data_json)[1][0] == scrubbed(payload)
+    assert tooltip_entries(rendered)[1][0] == scrubbed(payload)
     rendered.html.encode("utf-8")
     rendered.data_json.encode("utf-8")
 
@@ -408,7 +428,43 @@ def test_hostile_alternative_text_stays_inside_the_json(payload):
     assert parsed.text == "y"
     for char in "<>&\u2028\u2029":
         assert char not in rendered.data_json
-    assert load_json(rendered.data_json) == [["y", -0.1, [["y", -0.1], [scrubbed(payload), -2.0]]]]
+    assert tooltip_entries(rendered) == [["y", -0.1, [["y", -0.1], [scrubbed(payload), -2.0]]]]
+    rendered.data_json.encode("utf-8")
+
+
+_LOGPROBS = st.one_of(
+    # Sixteenths, so that the four decimals are exact and equal values tie exactly.
+    st.integers(min_value=-200, max_value=4).map(lambda k: k / 16),
+    st.sampled_from([math.inf, -math.inf, math.nan]),
+)
+
+
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.text(alphabet=st.characters(codec=None), max_size=4), _LOGPROBS),
+            max_size=7,
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(min_value=0, max_value=6),
+)
+def test_the_tooltip_gets_the_top_finite_alternatives_of_any_token(per_token, shown):
+    tokens = [tok(f"t{i}", -0.5, tuple(alts)) for i, alts in enumerate(per_token)]
+    rendered = render(tokens, alternatives_shown=shown)
+
+    expected = [
+        sorted(
+            ([scrubbed(t), lp] for t, lp in alts if math.isfinite(lp)),
+            key=lambda pair: pair[1],
+            reverse=True,
+        )[:shown]
+        for alts in per_token
+    ]
+    assert [entry[2] for entry in tooltip_entries(rendered)] == expected
+    for char in "<>&\u2028\u2029":
+        assert char not in rendered.data_json
     rendered.data_json.encode("utf-8")
 
 
@@ -442,7 +498,7 @@ def test_a_4096_token_completion_renders_every_token():
     assert len(parsed.tokens) == 4096
     assert parsed.tokens[-1].attrs["data-i"] == "4095"
     assert parsed.text == "".join(pieces)
-    assert len(load_json(rendered.data_json)) == 4096
+    assert len(tooltip_entries(rendered)) == 4096
 
 
 def test_whitespace_visible_marks_spaces_tabs_and_newlines():

@@ -6,6 +6,7 @@ import json
 from html.parser import HTMLParser
 
 import pytest
+import tooltips
 from django.test import Client
 from sse import post_stream
 
@@ -149,7 +150,7 @@ def test_generate_streams_text_then_a_rendered_completion_with_probabilities():
     assert fragment.tokens, "every token is a span"
     assert [int(t["data-i"]) for t in fragment.tokens] == list(range(len(fragment.tokens)))
     assert all("data-logprob" in t for t in fragment.tokens)
-    data = json.loads(fragment.json_blobs[0])
+    data = tooltips.entries(end.data)
     assert len(data) == len(fragment.tokens)
     assert all(len(entry[2]) <= 3 for entry in data)  # alternatives shown per token
     stats = summary(events)

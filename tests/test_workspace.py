@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+import tooltips
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
@@ -235,7 +236,7 @@ def test_a_past_run_reopens_with_tokens_and_tooltip_data():
     assert 'id="result" hx-swap-oob="innerHTML"' in html
     assert 'class="t p9' in html
     assert "run-data" in html
-    assert '[["    ",-0.1000,[["    ",-0.1000],["\\t",-2.5000]]]' in html
+    assert tooltips.entries(html)[0] == ["    ", -0.1, [["    ", -0.1], ["\t", -2.5]]]
     page = client.get(f"/sessions/{session.pk}/?run={run.pk}").content.decode()
     assert "run-data" in page
 

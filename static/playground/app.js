@@ -12,7 +12,7 @@
   "use strict";
 
   const INDENT = "    ";
-  const runData = new WeakMap(); // run element -> parsed token data, parsed on first hover
+  const runData = new WeakMap(); // run element -> its parsed alternatives (see alternativesOf)
 
   const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -29,20 +29,40 @@
     return "<0.01%";
   };
 
-  function tokenData(tokenEl) {
-    const run = tokenEl.closest("[data-run]");
-    if (!run) return null;
+  // A run's alternatives (rendering.py): per token how many ("n"), then all their texts ("t")
+  // and logprobs in ten-thousandths ("l"), token after token. Parsed once, on first hover.
+  function alternativesOf(run) {
     if (!runData.has(run)) {
       const script = $("script.run-data", run);
-      let parsed = [];
+      let parsed = null;
       try {
-        parsed = script ? JSON.parse(script.textContent) : [];
+        const data = script ? JSON.parse(script.textContent) : null;
+        if (data && Array.isArray(data.n)) {
+          let at = 0;
+          parsed = { ...data, starts: data.n.map((n) => (at += n) - n) };
+        }
       } catch (err) {
-        parsed = [];
+        parsed = null;
       }
       runData.set(run, parsed);
     }
-    return runData.get(run)[Number(tokenEl.dataset.i)] || null;
+    return runData.get(run);
+  }
+
+  // [text, logprob|null, [[alt_text, alt_logprob], ...] most likely first] for a token span:
+  // its own text and logprob are on the span.
+  function tokenData(tokenEl) {
+    const run = tokenEl.closest("[data-run]");
+    const data = run && alternativesOf(run);
+    const i = Number(tokenEl.dataset.i);
+    if (!data || !(i < data.n.length)) return null;
+    const alternatives = [];
+    for (let k = data.starts[i]; k < data.starts[i] + data.n[i]; k++) {
+      alternatives.push([data.t[k], data.l[k] / 10000]);
+    }
+    alternatives.sort((a, b) => b[1] - a[1]); // stable: ties keep the backend's order
+    const logprob = tokenEl.dataset.logprob;
+    return [tokenEl.textContent, logprob === undefined ? null : Number(logprob), alternatives];
   }
 
   function el(tag, className, text) {
