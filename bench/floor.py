@@ -2,9 +2,9 @@
 
 `python -m bench.floor --port N --upstream-port M` serves `POST /generate` the way the load
 generator calls the app, and does only what no relay can skip: it opens the upstream stream,
-reads it at the app's pace (a pause of READ_INTERVAL after each small read, so several tokens
-come per read), parses each chunk's JSON (orjson) for its text, and writes the escaped text as
-SSE events coalesced every COALESCE seconds, then the `done` event. No Django, no form, no
+reads it at the app's pace (`streaming.cadence` for the streams it has open: a pause after each
+small read, so several tokens come per read), parses each chunk's JSON (orjson) for its text,
+and writes the escaped text as SSE events coalesced at the same cadence, then the `done` event. No Django, no form, no
 limits, no token objects, no highlighting, no saving: a lower bound, not a product. Raw asyncio
 on uvloop, its own process, like the app (one worker).
 
@@ -34,7 +34,7 @@ django.setup()
 # The app's cadence and its own escaping and framing, so the comparison is like for like.
 from bench.upstream import read_body  # noqa: E402
 from playground.rendering import render_plain  # noqa: E402
-from playground.streaming import COALESCE_SECONDS, READ_INTERVAL_SECONDS, sse_message  # noqa: E402
+from playground.streaming import cadence, sse_message  # noqa: E402
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -138,9 +138,22 @@ async def _httpx_body(form: dict[str, list[str]], port: int) -> AsyncIterator[by
             yield data
 
 
+_open = 0  # streams this process relays now: the app's cadence depends on it
+
+
 async def _relayed(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The upstream's SSE body, read by `reads` at the app's pace (a pause after each small
     read once text flows), parsed for each chunk's text and written as coalesced events."""
+    global _open
+    _open += 1
+    try:
+        async for event_bytes in _relayed_open(reads):
+            yield event_bytes
+    finally:
+        _open -= 1
+
+
+async def _relayed_open(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     buffer = b""
     pending: list[str] = []
     last_write = 0.0
@@ -157,13 +170,13 @@ async def _relayed(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 if choices and choices[0].get("text"):
                     pending.append(choices[0]["text"])
             now = time.perf_counter()
-            if pending and (not seen_text or now - last_write >= COALESCE_SECONDS):
+            if pending and (not seen_text or now - last_write >= cadence(_open)):
                 yield event("".join(pending))
                 pending.clear()
                 last_write = now
                 seen_text = True
             if seen_text and len(data) < 16384:
-                await asyncio.sleep(READ_INTERVAL_SECONDS)
+                await asyncio.sleep(cadence(_open))
     if pending:
         yield event("".join(pending))
     yield b'event: done\ndata: {"status":"complete"}\n\n'

@@ -29,7 +29,7 @@ import random
 import re
 import sys
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -1130,7 +1130,7 @@ async def stream_completion(
     backend: Backend,
     request: CompletionRequest,
     *,
-    read_interval: float = 0.0,
+    read_interval: float | Callable[[], float] = 0.0,
 ) -> AsyncIterator[Delta]:
     """Stream one completion as `Delta`s, one per upstream JSON chunk.
 
@@ -1147,7 +1147,8 @@ async def stream_completion(
     `read_interval` > 0: once text has arrived, a read that found less than a socket buffer's
     worth is followed by a pause of that long, so the next read takes the several chunks that
     arrived meanwhile in one go. A read and its wake-up cost more than parsing a chunk, and a
-    paced upstream sends one chunk per token (docs/PERFORMANCE.md).
+    paced upstream sends one chunk per token (docs/PERFORMANCE.md). A callable is asked before
+    each pause (`streaming.cadence` lengthens it when the worker is busy).
     """
     deadline, limit = _deadline()
     attempt = 0
@@ -1176,7 +1177,7 @@ async def _stream_once(
     request: CompletionRequest,
     deadline: float,
     limit: float,
-    read_interval: float = 0.0,
+    read_interval: float | Callable[[], float] = 0.0,
 ) -> AsyncIterator[Delta]:
     """One attempt of `stream_completion`."""
     with _upstream_errors(client, backend):
@@ -1238,7 +1239,8 @@ async def _stream_once(
                     now = asyncio.get_running_loop().time()
                     if pace_from is None:
                         pace_from = (now, received)
-                    pause = _read_pause(read_interval, request.max_tokens, received, pace_from, now)
+                    interval = read_interval() if callable(read_interval) else read_interval
+                    pause = _read_pause(interval, request.max_tokens, received, pace_from, now)
                     await asyncio.sleep(pause)  # the next read checks the deadline
             # [DONE] is a convention, not a guarantee: a finish_reason already said it is over.
             if not finished:

@@ -6,7 +6,8 @@ arrives; the messages are HTML fragments we build (text is always escaped):
 
 1. a reset: out-of-band swaps that clear the previous result, errors and status;
 2. the streamed text, escaped, appended to the live area (`#live`), coalesced so that a fast
-   backend produces a few dozen events a second rather than one per token;
+   backend produces 20 events a second rather than one per token (down to 10 a second when the
+   worker relays many streams at once: see `cadence`);
 3. a final message that replaces the live text with the server-rendered completion (Pygments
    highlighting merged with per-token probability spans, from `rendering.py`), the stats line and,
    if the run failed, a short message saying what happened while the text so far stays;
@@ -54,16 +55,35 @@ log = logging.getLogger(__name__)
 # One event per token costs the browser a swap each and this worker a write each: text is sent
 # at most 20 times a second, as smooth as reading needs (docs/PERFORMANCE.md measures the CPU).
 COALESCE_SECONDS = 0.05
-# Reading the upstream socket at most about as often as we write: a paced upstream sends one
-# chunk per token, and a read with its wake-up costs more than the chunk's parsing. The pause
-# starts only after the first text (the first token is never delayed) and stops once a
-# finish_reason or max_tokens tokens arrived (nor is the run's end): see stream_completion.
-READ_INTERVAL_SECONDS = 0.05
+# An event costs the worker about the same whatever it carries (a read, a write, their
+# wake-ups), so a worker relaying many streams spends its CPU on events, not tokens. Past
+# EVENTS_PER_SECOND text events a second in all (25 streams at 20 a second), each stream's
+# events carry more tokens instead, down to 10 a second (BUSY_COALESCE_SECONDS) from 50 open
+# streams on: see `cadence`. A lone user, or a team's handful, keeps 20 a second.
+BUSY_COALESCE_SECONDS = 0.1
+EVENTS_PER_SECOND = 500
 # Proxies close idle connections; a comment line keeps a long prefill alive.
 PING_SECONDS = 15.0
 PAGE = "playground/page.html"
 # Every field with a message slot beside it on the page (the checkbox shares the seed's).
 ERROR_SLOTS = tuple(name for name in GenerateForm.base_fields if name != "seed_random")
+
+_open_streams = 0  # backend streams this process is reading now (see pump)
+
+
+def cadence(streams: int | None = None) -> float:
+    """Seconds between one stream's text events with `streams` open in this process (by default,
+    as many as are open now): COALESCE_SECONDS while all of them together stay within
+    EVENTS_PER_SECOND, longer past it, never more than BUSY_COALESCE_SECONDS.
+
+    The upstream is read at the same pace: a paced upstream sends one chunk per token, and a
+    read with its wake-up costs more than the chunk's parsing. Its pause starts only after the
+    first text (the first token is never delayed) and stops once a finish_reason or max_tokens
+    tokens arrived (nor is the run's end): see `completions.stream_completion`.
+    """
+    if streams is None:
+        streams = _open_streams
+    return min(BUSY_COALESCE_SECONDS, max(COALESCE_SECONDS, streams / EVENTS_PER_SECOND))
 
 
 @dataclass
@@ -154,7 +174,7 @@ def open_deltas(backend: Backend, request: CompletionRequest) -> AsyncIterator[D
             request, tokens_per_second=settings.OFFLINE_MODEL_TOKENS_PER_SECOND
         )
     return completions.stream_completion(
-        completions.get_client(), backend, request, read_interval=READ_INTERVAL_SECONDS
+        completions.get_client(), backend, request, read_interval=cadence
     )
 
 
@@ -259,7 +279,7 @@ async def _events(run: Run, feed: _Feed, reader: asyncio.Task, record) -> AsyncI
                 break
             if text:
                 # Let the next tokens gather, but end the wait as soon as the run finishes.
-                await feed.pause(COALESCE_SECONDS)
+                await feed.pause(cadence())
     finally:
         if not reader.done():
             reader.cancel()
@@ -291,6 +311,8 @@ def run_start(label: str) -> bytes:
 
 async def pump(run: Run, sink: Callable[[Delta], None]) -> None:
     """Feed the backend's deltas to `sink` until the run ends; a failure is kept on the run."""
+    global _open_streams
+    _open_streams += 1  # one event loop per process: no lock needed
     try:
         # aclosing: however this ends (cancelled by a disconnect included), the backend's
         # generator is closed at once, and with it the upstream connection.
@@ -304,6 +326,8 @@ async def pump(run: Run, sink: Callable[[Delta], None]) -> None:
         run.error = UpstreamError(
             ErrorKind.PROTOCOL, "Something went wrong while generating. Try again."
         )
+    finally:
+        _open_streams -= 1
 
 
 async def finish(run: Run) -> dict:

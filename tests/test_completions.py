@@ -635,8 +635,18 @@ def test_reading_at_an_interval_gives_the_same_deltas_and_pauses_only_after_text
     assert len(pauses) < len(pieces)
 
 
+def test_an_interval_given_as_a_callable_is_asked_before_each_pause(monkeypatch):
+    # streaming.cadence lengthens the pause as the worker gets busier, run by run and read by
+    # read: here each pause asked for is the next of 0.05, 0.07, 0.1, 0.08.
+    asked = iter([0.05, 0.07, 0.1, 0.08])
+    pieces = [*map(text_frame, "abcd"), text_frame("", "length"), frames("[DONE]")]
+    deltas, pauses = read_with_pauses(monkeypatch, pieces, interval=lambda: next(asked))
+    assert text_of(deltas) == "abcd"
+    assert pauses == [0.05, 0.07, 0.1, 0.08]
+
+
 def read_with_pauses(
-    monkeypatch, pieces: list[bytes], request=REQUEST, interval: float = 0.05
+    monkeypatch, pieces: list[bytes], request=REQUEST, interval=0.05
 ) -> tuple[list[Delta], list[float]]:
     """The deltas of a stream read with a pause of `interval`, and the pauses taken: not slept,
     but the loop's clock moves on by each, so the upstream's pace is one piece per read."""

@@ -253,3 +253,56 @@ def test_the_wait_between_events_ends_when_the_run_ends(monkeypatch):
         await asyncio.wait_for(feed.pause(3600), 5)
 
     asyncio.run(go())
+
+
+def test_the_cadence_is_20_events_a_second_until_the_workers_budget_then_down_to_10():
+    from playground.streaming import cadence
+
+    # 25 streams at 20 a second are the worker's 500 events a second; past that each stream's
+    # events come further apart, and from 50 streams on at 10 a second, never fewer.
+    assert [cadence(n) for n in (0, 1, 25)] == [0.05, 0.05, 0.05]
+    assert cadence(30) == pytest.approx(0.06)
+    assert cadence(40) == pytest.approx(0.08)
+    assert [cadence(n) for n in (50, 200, 5000)] == [0.1, 0.1, 0.1]
+
+
+def test_a_busy_worker_reads_and_writes_each_stream_at_the_busy_cadence(
+    completions_backend, monkeypatch
+):
+    """With 59 other streams open, a run's reads pause and its events wait 0.1 s, and the run
+    is counted among the open streams only while it reads."""
+    import asyncio
+
+    from playground import completions, streaming
+    from playground.backends import get_backend
+    from playground.completions import CompletionRequest
+
+    completions_backend.script(tokens=["tick "] * 6, chunk_delay=0.01)
+    request = CompletionRequest(model="bigcode/starcoder2-7b", prompt="def f():", max_tokens=6)
+    monkeypatch.setattr(streaming, "_open_streams", 59)
+    read_pauses, event_pauses, counted = [], [], []
+    read_pause = completions._read_pause
+
+    def recorded_read_pause(interval, *args):
+        read_pauses.append(interval)
+        counted.append(streaming._open_streams)
+        return read_pause(interval, *args)
+
+    async def recorded_event_pause(feed, seconds):
+        event_pauses.append(seconds)
+
+    monkeypatch.setattr(completions, "_read_pause", recorded_read_pause)
+    monkeypatch.setattr(streaming._Feed, "pause", recorded_event_pause)
+
+    async def go():
+        body = streaming.relay(get_backend("completions"), request)
+        return b"".join([chunk async for chunk in body])
+
+    text = asyncio.run(go()).decode()
+    assert "tick tick" in text
+    assert read_pauses
+    assert set(read_pauses) == {0.1}
+    assert event_pauses
+    assert set(event_pauses) == {0.1}
+    assert set(counted) == {60}
+    assert streaming._open_streams == 59
