@@ -343,6 +343,9 @@ def _merge(
     """
     out: list[str] = []
     append = out.append
+    # A token's text is what the tooltip shows and compares with its alternatives, and an HTML
+    # parser reads a bare CR (or CR LF) as LF: written as a reference, a CR survives parsing.
+    escape = _escape_keeping_cr if "\r" in text else _escape_text
     # Code repeats itself: the same indentation, names and punctuation come back hundreds of
     # times, so escaping through a dict beats escaping every piece.
     escaped: dict[str, str] = {}
@@ -367,8 +370,7 @@ def _merge(
             # The token lies inside one lexer token: one element carries both sets of classes.
             e = escaped_get(piece)
             if e is None:
-                # quote=False: every piece is element content, never an attribute value.
-                e = escaped[piece] = html_escape(piece, quote=False)
+                e = escaped[piece] = escape(piece)
             append(f'<span class="{bucket_class}{spaced[seg]}{attrs}{e}</span>')
             if end == ends[seg]:
                 seg += 1
@@ -378,7 +380,7 @@ def _merge(
             start = pos
             while start < end:
                 stop = min(ends[seg], end)
-                part = html_escape(text[start:stop], quote=False)
+                part = escape(text[start:stop])
                 cls = classes[seg]
                 append(f'<span class="{cls}">{part}</span>' if cls else part)
                 if stop == ends[seg]:
@@ -388,13 +390,22 @@ def _merge(
         pos = end
     # Tokens that stopped spelling the text (see _aligned_texts) leave a tail: highlight only.
     while pos < len(text):
-        part = html_escape(text[pos : ends[seg]], quote=False)
+        part = escape(text[pos : ends[seg]])
         append(f'<span class="{classes[seg]}">{part}</span>' if classes[seg] else part)
         pos = ends[seg]
         seg += 1
     # Safe: text went through html.escape; attribute values are numbers we formatted and class
     # names from fixed tables (our buckets, Pygments' token-type names).
     return mark_safe("".join(out))  # noqa: S308
+
+
+def _escape_text(text: str) -> str:
+    # quote=False: every piece is element content, never an attribute value.
+    return html_escape(text, quote=False)
+
+
+def _escape_keeping_cr(text: str) -> str:
+    return html_escape(text, quote=False).replace("\r", "&#13;")
 
 
 def _data_json(tokens: Sequence[Token], count: int, shown: int) -> SafeString:

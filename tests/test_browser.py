@@ -99,9 +99,14 @@ def test_the_tooltip_lists_the_backends_alternatives_most_likely_first(page, app
     # with its probability; the head shows the span's own text and logprob.
     upstream_module.script(
         dialect="vllm",
-        tokens=["x", " =", " 1"],
-        logprobs=[-0.5, -0.05, -0.2],
-        alternatives=[{}, {" +": -2.0, " =": -0.05, " :": -1.2039728}, {}],
+        tokens=["x", " =", " 1", "\r\n"],
+        logprobs=[-0.5, -0.05, -0.2, -0.01],
+        alternatives=[
+            {},
+            {" +": -2.0, " =": -0.05, " :": -1.2039728},
+            {},
+            {"\n": -5.0, "\r\n": -0.01},
+        ],
     )
     open_playground(page, app, backend="completions")
     page.get_by_role("button", name="Generate").click()
@@ -118,6 +123,19 @@ def test_the_tooltip_lists_the_backends_alternatives_most_likely_first(page, app
     page.locator('#result .t[data-i="0"]').focus()
     expect(tooltip.locator(".tt-token")).to_have_text("x")
     expect(tooltip.locator("li")).to_have_count(0)
+
+    # A CRLF token: the page's text has LF (HTML reads CR LF as LF), the alternative CR LF.
+    page.locator('#result .t[data-i="3"]').focus()
+    expect(tooltip.locator("li")).to_have_count(2)
+    expect(tooltip.locator("li").first).to_have_class(re.compile(r"\bchosen\b"))
+    # Reopened from the history, the run's markup is parsed as HTML, which would read a bare CR
+    # LF as LF: the token is still its own first alternative.
+    page.keyboard.press("Escape")
+    page.evaluate("document.querySelector('#result [data-run]').dataset.before = 'yes'")
+    page.locator("#history-list li").first.get_by_role("link", name="Open").click()
+    page.wait_for_function("() => !document.querySelector('#result [data-run]').dataset.before")
+    page.locator('#result .t[data-i="3"]').focus()
+    expect(tooltip.locator("li").first).to_have_class(re.compile(r"\bchosen\b"))
 
 
 def test_whitespace_is_made_visible_in_the_tooltip(page, app):

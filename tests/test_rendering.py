@@ -345,6 +345,14 @@ def test_json_is_safe_inside_a_script_element():
     assert tooltip_entries(rendered) == [[payload, -0.5, [[payload, -1.0]]]]
 
 
+def test_a_carriage_return_survives_an_html_parser():
+    # A browser reads a bare CR (or CR LF) in markup as LF; the tooltip compares a span's text
+    # with the token's alternatives, so a CR is written as a reference.
+    rendered = render(["x", "\r\n", "y = '\r'"])
+    assert "\r" not in rendered.html
+    assert [s.text for s in parse(rendered.html).tokens] == ["x", "\r\n", "y = '\r'"]
+
+
 def test_empty_tokens_keep_their_span_so_indices_stay_contiguous():
     spans = parse(render(["", "x", "", " = 1", ""]).html).tokens
     assert [s.attrs["data-i"] for s in spans] == ["0", "1", "2", "3", "4"]
