@@ -4,9 +4,9 @@
 generator calls the app, and does only what no relay can skip: it opens the upstream stream,
 reads it at the app's pace (`streaming.cadence` for the streams it has open: a pause after each
 small read, so several tokens come per read), parses each chunk's JSON (orjson) for its text,
-and writes the escaped text as SSE events coalesced at the same cadence, then the `done` event. No Django, no form, no
-limits, no token objects, no highlighting, no saving: a lower bound, not a product. Raw asyncio
-on uvloop, its own process, like the app (one worker).
+and writes the escaped text as SSE events coalesced at the same cadence, then the `done` event.
+No Django, no form, no limits, no token objects, no highlighting, no saving: a lower bound, not
+a product. Raw asyncio on uvloop, its own process, like the app (one worker).
 
 What it costs per 1,000 tokens, and its time to first token with N streams at once, is where
 the floor is on this machine for sections 1 and 2 (docs/PERFORMANCE.md).
@@ -154,6 +154,7 @@ async def _relayed(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _relayed_open(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`_relayed`'s work, while this stream is counted among the open ones."""
     buffer = b""
     pending: list[str] = []
     last_write = 0.0

@@ -26,9 +26,10 @@ The contract with the template, stylesheet and tooltip script:
   of them token after token, their texts and their logprobs in ten-thousandths (integers: the
   logprob to 4 decimals). A token has at most ``alternatives_shown``, all finite, in the order
   its Token holds them (the read path puts them most likely first; the tooltip sorts them
-  again rather than rely on it). The token's own text and
-  logprob are its span's text and ``data-logprob``. The tooltip reads the data once: the same
-  as attributes on every span measured about five times larger.
+  again rather than rely on it). The token's own text and logprob are its span's text and
+  ``data-logprob``, so a CR in it is written ``&#13;`` (an HTML parser reads a bare one as LF).
+  The tooltip reads the data once: the same as attributes on every span measured about five
+  times larger.
 
 Budget: a 4,096-token completion (13.5k-15k characters of Python) with five alternatives per
 token rendered in 15-30 ms on the 2-core reference machine as its speed varies, half of it
