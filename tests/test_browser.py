@@ -124,7 +124,7 @@ def test_the_tooltip_lists_the_backends_alternatives_most_likely_first(page, app
     expect(tooltip.locator(".tt-token")).to_have_text("x")
     expect(tooltip.locator("li")).to_have_count(0)
 
-    # A CRLF token: the page's text has LF (HTML reads CR LF as LF), the alternative CR LF.
+    # A CR LF token is its own first alternative (streamed, its CR came as a reference).
     page.locator('#result .t[data-i="3"]').focus()
     expect(tooltip.locator("li")).to_have_count(2)
     expect(tooltip.locator("li").first).to_have_class(re.compile(r"\bchosen\b"))
