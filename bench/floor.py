@@ -145,39 +145,33 @@ async def _relayed(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The upstream's SSE body, read by `reads` at the app's pace (a pause after each small
     read once text flows), parsed for each chunk's text and written as coalesced events."""
     global _open
-    _open += 1
-    try:
-        async for event_bytes in _relayed_open(reads):
-            yield event_bytes
-    finally:
-        _open -= 1
-
-
-async def _relayed_open(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """`_relayed`'s work, while this stream is counted among the open ones."""
     buffer = b""
     pending: list[str] = []
     last_write = 0.0
     seen_text = False
-    async with contextlib.aclosing(reads):
-        async for data in reads:
-            buffer += data
-            *frames, buffer = buffer.split(b"\n\n")
-            for frame in frames:
-                payload = frame[6:]
-                if payload == b"[DONE]":
-                    continue
-                choices = orjson.loads(payload).get("choices")
-                if choices and choices[0].get("text"):
-                    pending.append(choices[0]["text"])
-            now = time.perf_counter()
-            if pending and (not seen_text or now - last_write >= cadence(_open)):
-                yield event("".join(pending))
-                pending.clear()
-                last_write = now
-                seen_text = True
-            if seen_text and len(data) < 16384:
-                await asyncio.sleep(cadence(_open))
+    _open += 1  # counted while it reads the upstream, as the app's pump counts its streams
+    try:
+        async with contextlib.aclosing(reads):
+            async for data in reads:
+                buffer += data
+                *frames, buffer = buffer.split(b"\n\n")
+                for frame in frames:
+                    payload = frame[6:]
+                    if payload == b"[DONE]":
+                        continue
+                    choices = orjson.loads(payload).get("choices")
+                    if choices and choices[0].get("text"):
+                        pending.append(choices[0]["text"])
+                now = time.perf_counter()
+                if pending and (not seen_text or now - last_write >= cadence(_open)):
+                    yield event("".join(pending))
+                    pending.clear()
+                    last_write = now
+                    seen_text = True
+                if seen_text and len(data) < 16384:
+                    await asyncio.sleep(cadence(_open))
+    finally:
+        _open -= 1
     if pending:
         yield event("".join(pending))
     yield b'event: done\ndata: {"status":"complete"}\n\n'
