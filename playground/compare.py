@@ -32,7 +32,7 @@ from playground import history, limits, owners
 from playground.backends import configured_backends, default_backend
 from playground.forms import DEFAULTS, GenerateForm
 from playground.rendering import render_plain
-from playground.streaming import COALESCE_SECONDS, Run, finish, pump, sse_message
+from playground.streaming import Run, cadence, finish, pump, sse_message
 
 PAGE = "playground/compare.html"
 MIN_COLUMNS, MAX_COLUMNS = 2, 4
@@ -163,7 +163,7 @@ async def relay_columns(columns: list[Column]):
             batch = [await queue.get()]
             # Let the other columns' tokens gather too: one message for all of them.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(COALESCE_SECONDS):
+                async with asyncio.timeout(cadence()):
                     while len(batch) < 4096:
                         batch.append(await queue.get())
             while not queue.empty():
