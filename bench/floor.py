@@ -9,7 +9,9 @@ No Django, no form, no limits, no token objects, no highlighting, no saving: a l
 a product. Raw asyncio on uvloop, its own process, like the app (one worker).
 
 What it costs per 1,000 tokens, and its time to first token with N streams at once, is where
-the floor is on this machine for sections 1 and 2 (docs/PERFORMANCE.md).
+the floor is on this machine for sections 1 and 2 (docs/PERFORMANCE.md). `events_httpx` and
+`events_features` are the same relay for bench/django_floor.py: reading through the app's httpx
+client, and also doing the product's per-token work with the app's own code (`ProductTexts`).
 """
 
 from __future__ import annotations
@@ -33,13 +35,29 @@ django.setup()
 
 # The app's cadence and its own escaping and framing, so the comparison is like for like.
 from bench.upstream import read_body  # noqa: E402
-from playground.rendering import render_plain  # noqa: E402
+from playground.backends import Backend  # noqa: E402
+from playground.completions import (  # noqa: E402
+    CompletionRequest,
+    LogprobStatus,
+    SSEParser,
+    TokenAssembler,
+    _delta,
+    _parse_chunk,
+)
+from playground.history import storable_tokens, tokens_to_json  # noqa: E402
+from playground.models import TokensEncoder  # noqa: E402
+from playground.rendering import render_completion, render_plain  # noqa: E402
 from playground.streaming import cadence, sse_message  # noqa: E402
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
     b"cache-control: no-cache\r\nconnection: close\r\n\r\n"
 )
+
+
+# What the app's chunk parser is told about the stream it reads (used only in its errors).
+BACKEND = Backend(id="floor", label="floor", kind="openai", model="default")
+REQUEST = CompletionRequest(model="default", prompt="", max_tokens=4096)
 
 
 def event(text: str) -> bytes:
@@ -81,6 +99,12 @@ def events_httpx(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
     its pool and socket backend) instead of a raw socket: what the brief's fixed HTTP client
     adds to the floor. The same request body, pace, parse and events."""
     return _relayed(_httpx_body(form, port))
+
+
+def events_features(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
+    """`events_httpx` doing, with the app's own code, the per-token work the product needs
+    (`ProductTexts`): what that work costs under load, beside the same stack without it."""
+    return _relayed(_httpx_body(form, port), ProductTexts(form.get("prompt", [""])[0]))
 
 
 async def _socket_body(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
@@ -138,14 +162,77 @@ async def _httpx_body(form: dict[str, list[str]], port: int) -> AsyncIterator[by
             yield data
 
 
+class Texts:
+    """Each upstream chunk's text, as the body's bytes arrive: its JSON parsed (orjson), nothing
+    else kept."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        texts = []
+        *frames, self._buffer = (self._buffer + data).split(b"\n\n")
+        for frame in frames:
+            payload = frame[6:]
+            if payload == b"[DONE]":
+                continue
+            choices = orjson.loads(payload).get("choices")
+            if choices and choices[0].get("text"):
+                texts.append(choices[0]["text"])
+        return texts
+
+    async def end(self) -> None:
+        """The work after the last chunk: none."""
+
+
+class ProductTexts(Texts):
+    """The same texts read by the app's own read path (`completions.SSEParser`, the chunk's
+    JSON, `TokenAssembler`'s tokens with their alternatives), keeping the run's tokens; at the
+    end, in a worker thread as the app does, the work every run's tokens get: the highlighted
+    render (`render_completion`) and the JSON they are saved as. No form, limits, run record,
+    templates or database."""
+
+    def __init__(self, prompt: str) -> None:
+        self._prompt = prompt
+        self._parser = SSEParser()
+        self._assembler = TokenAssembler()
+        self._tokens: list = []
+        self._text: list[str] = []
+
+    def feed(self, data: bytes) -> list[str]:
+        texts = []
+        for message in self._parser.feed(data):
+            if message == "[DONE]":
+                continue
+            delta = _delta(_parse_chunk(message, BACKEND, REQUEST), self._assembler)
+            self._tokens += delta.tokens
+            if delta.text:
+                texts.append(delta.text)
+        self._text += texts
+        return texts
+
+    async def end(self) -> None:
+        await asyncio.to_thread(self._finish)
+
+    def _finish(self) -> None:
+        render_completion(
+            prompt=self._prompt,
+            tokens=self._tokens,
+            text="".join(self._text),
+            logprobs=LogprobStatus.REAL,
+        )
+        TokensEncoder().encode(storable_tokens(tokens_to_json(self._tokens)))
+
+
 _open = 0  # streams this process relays now: the app's cadence depends on it
 
 
-async def _relayed(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _relayed(reads: AsyncIterator[bytes], texts: Texts | None = None) -> AsyncIterator[bytes]:
     """The upstream's SSE body, read by `reads` at the app's pace (a pause after each small
-    read once text flows), parsed for each chunk's text and written as coalesced events."""
+    read once text flows), parsed for each chunk's text by `texts` and written as coalesced
+    events."""
     global _open
-    buffer = b""
+    texts = texts or Texts()
     pending: list[str] = []
     last_write = 0.0
     seen_text = False
@@ -153,15 +240,7 @@ async def _relayed(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     try:
         async with contextlib.aclosing(reads):
             async for data in reads:
-                buffer += data
-                *frames, buffer = buffer.split(b"\n\n")
-                for frame in frames:
-                    payload = frame[6:]
-                    if payload == b"[DONE]":
-                        continue
-                    choices = orjson.loads(payload).get("choices")
-                    if choices and choices[0].get("text"):
-                        pending.append(choices[0]["text"])
+                pending += texts.feed(data)
                 now = time.perf_counter()
                 if pending and (not seen_text or now - last_write >= cadence(_open)):
                     yield event("".join(pending))
@@ -174,6 +253,7 @@ async def _relayed(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         _open -= 1
     if pending:
         yield event("".join(pending))
+    await texts.end()
     yield b'event: done\ndata: {"status":"complete"}\n\n'
 
 
