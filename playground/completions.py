@@ -36,6 +36,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import anyio
 import httpx
 import orjson
 from django.conf import settings
@@ -1279,11 +1280,16 @@ async def _finish_body(chunks: AsyncIterator[bytes]) -> None:
 
     Servers end the body right after `[DONE]` (usually in the same packet). One that holds it
     open is not waited for: after a few milliseconds the connection is closed, not pooled.
+
+    The bound is anyio's cancel scope, not `asyncio.timeout`: the last read also closes the
+    response, and httpcore shields that close with anyio's scopes, which hold against anyio's
+    own cancellation only. On a busy worker the 20 ms often ran out during the close, and an
+    asyncio cancellation there cut it short: the connection was lost (see
+    `network._ReleasingStream`, and docs/PERFORMANCE.md).
     """
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
-        async with asyncio.timeout(_BODY_END_SECONDS):
-            async for _ in chunks:
-                pass
+    with contextlib.suppress(httpx.HTTPError), anyio.move_on_after(_BODY_END_SECONDS):
+        async for _ in chunks:
+            pass
 
 
 # A read below this size means the upstream is slower than we read: waiting costs no throughput.

@@ -31,6 +31,7 @@ import h11
 import httpcore
 from h11._readers import ChunkedReader, chunk_header_re
 from h11._receivebuffer import ReceiveBuffer
+from httpcore._async.connection_pool import PoolByteStream
 from httpcore._backends.anyio import AnyIOBackend
 from httpcore._utils import is_socket_readable
 
@@ -301,6 +302,60 @@ class LinearPool(httpcore.AsyncConnectionPool):
     async def _close_connections(self, closing: list[httpcore.AsyncConnectionInterface]) -> None:
         if closing:  # httpcore enters a shielded cancel scope even for none
             await super()._close_connections(closing)
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        response = await super().handle_async_request(request)
+        if type(response.stream) is PoolByteStream and _RELEASING:
+            response.stream.__class__ = _ReleasingStream  # the same object; only the class
+        return response
+
+
+class _ReleasingStream(PoolByteStream):
+    """httpcore's response body, whose close always gives its request back to the pool.
+
+    httpcore closes a response in a shielded cancel scope, then removes its request from the
+    pool. The shield is anyio's, and a native asyncio cancellation (`task.cancel()`: the browser
+    leaving, a timeout) passes through it: one that lands while the close waits (the
+    connection's lock, which yields to a busy event loop) skipped the removal, and httpcore
+    marks the body closed first, so no later close did it. The request then held its connection
+    for the life of the process, and every start and close of a request walked it: in the
+    bench, about half of 200 simultaneous streams left one each time (docs/PERFORMANCE.md), and
+    with the default pool of 100 a worker would in time have had no connection left to give.
+    """
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        try:
+            await super().aclose()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        """After a close that did not finish: forget the request and plan the pool again, as the
+        close would have, and close the request's connection (its response may be half read, so
+        it cannot be reused) in a task of its own, as the task this runs in is being cancelled."""
+        pool = self._pool
+        try:
+            pool._requests.remove(self._pool_request)
+        except ValueError:
+            return  # the close failed after removing it, and the pool went on as usual
+        closing = []
+        connection = self._pool_request.connection
+        if connection is not None and connection in pool._connections:
+            pool._connections.remove(connection)
+            closing.append(connection)
+        closing += pool._assign_requests_to_connections()
+        if closing:
+            task = asyncio.ensure_future(pool._close_connections(closing))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Future] = set()  # closes in flight, kept from the garbage collector
+# What _ReleasingStream uses of httpcore's internals; an httpcore without them keeps its own.
+_RELEASING = {"_closed", "_pool", "_pool_request"} <= set(PoolByteStream.__init__.__code__.co_names)
 
 
 class MergedChunks(ChunkedReader):

@@ -16,7 +16,7 @@ import pytest
 import trustme
 from upstream import _http_chunk, closed_port_url, running_upstream
 
-from playground import network
+from playground import completions, network
 from playground.backends import Backend
 from playground.completions import (
     CompletionRequest,
@@ -350,6 +350,70 @@ def test_a_connection_waiting_for_its_request_is_not_given_to_another(upstream, 
     # of being handed the same connection before it was used, then failing over to a new one.
     assert retries == []
     assert upstream.connections == 3
+
+
+# A response's close, as httpcore does it after the body's end: where a cancellation can land.
+HTTP11 = httpcore._async.http11.AsyncHTTP11Connection
+
+
+def test_a_cancellation_during_a_responses_close_leaves_nothing_in_the_pool(upstream, monkeypatch):
+    upstream.default = upstream.script(tokens=TOKENS)
+    close = HTTP11._response_closed
+
+    async def go():
+        closing = asyncio.Event()
+
+        async def held(self):
+            closing.set()
+            await asyncio.Event().wait()  # a close that waits (the connection's lock, a busy loop)
+
+        monkeypatch.setattr(HTTP11, "_response_closed", held)
+        async with pooled_client(4, 4) as client:
+            pool = client._transport._pool
+            task = asyncio.create_task(run(client, upstream.base_url))
+            await closing.wait()
+            (connection,) = pool.connections
+            task.cancel()  # as the browser leaving does: asyncio's cancellation, not anyio's
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            left = (len(pool._requests), len(pool.connections))
+            await asyncio.gather(*network._closing)
+            monkeypatch.setattr(HTTP11, "_response_closed", close)
+            return left, connection.is_closed(), await run(client, upstream.base_url)
+
+    left, closed, text = asyncio.run(go())
+    # Before network._ReleasingStream, the request stayed in the pool holding its connection
+    # for good: about half of 200 simultaneous streams in the bench left one each time.
+    assert left == (0, 0)
+    assert closed, "the half-closed connection is closed, not reused"
+    assert text == "".join(TOKENS)
+
+
+def test_a_close_slower_than_the_wait_for_the_bodys_end_still_pools_its_connection(
+    upstream, monkeypatch
+):
+    upstream.default = upstream.script(tokens=TOKENS)
+    close = HTTP11._response_closed
+    # Room for the body's end to be read on a slow machine; a close that outlasts the bound.
+    monkeypatch.setattr(completions, "_BODY_END_SECONDS", 0.2)
+
+    async def slow(self):
+        await asyncio.sleep(0.5)  # the close's wait on a busy worker, past the bound
+        await close(self)
+
+    monkeypatch.setattr(HTTP11, "_response_closed", slow)
+
+    async def go():
+        async with make_client() as client:
+            texts = [await run(client, upstream.base_url) for _ in range(2)]
+            return texts, len(client._transport._pool._requests)
+
+    texts, requests = asyncio.run(go())
+    assert texts == ["".join(TOKENS)] * 2
+    assert requests == 0
+    # With asyncio.timeout as the bound, its cancellation cut the close short: the connection
+    # was lost (or, before network._ReleasingStream, kept by its request forever).
+    assert upstream.connections == 1, "the close finished and the next run reused it"
 
 
 # --- chunked bodies: every chunk already received in one piece --------------------------------
