@@ -9,7 +9,9 @@ other tasks still get their turn), takes whatever the kernel already holds (afte
 short pause between reads, usually several tokens' worth) without polling, and only waits with
 `loop.sock_recv` when nothing is there. A chunked response body (every server streams a token
 per HTTP chunk) is read by `MergedChunks`, which gives h11's caller all the chunks already
-received as one piece, not a piece per token. httpx, httpcore and h11 keep doing everything
+received as one piece, not a piece per token. The pool (`LinearPool`) plans its connections in
+one pass, and its responses give their request and connection back even when a cancellation
+interrupts httpcore's close (`_ReleasingStream`). httpx, httpcore and h11 keep doing everything
 else (HTTP/1.1 parsing, pooling, keep-alive, limits, proxies, timeouts' meaning), and
 their exception types are raised exactly where anyio's backend raises them, so error handling
 upstream of here (completions._error_from_exception) sees no difference.
