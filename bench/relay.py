@@ -139,9 +139,8 @@ def concurrency(
             for _ in range(3):  # warm-up: imports, templates, the client's pool
                 procs.run_load(spec("relay", app.port, 4, csrf))
             # What one request costs the worker before any token: N arrivals at once queue for it.
-            before = procs.cpu_seconds(app.pid)
-            procs.run_load(spec("relay", app.port, streams, csrf, seed=30_000, tokens=1))
-            per_request = (procs.cpu_seconds(app.pid) - before) / streams
+            one_token = spec("relay", app.port, streams, csrf, seed=30_000, tokens=1)
+            per_request = cpu_batch(app.pid, one_token)["cpu"] / streams
             direct = procs.run_load(spec("direct", upstream_port, streams, seed=10_000))
             rss_before = procs.rss_bytes(app.pid)
             before = snapshot(app.pid, upstream.pid)
@@ -149,10 +148,7 @@ def concurrency(
                 relay = procs.run_load(spec("relay", app.port, streams, csrf, seed=20_000))
             used = {k: v - before[k] for k, v in snapshot(app.pid, upstream.pid).items()}
             relay["cpu"] = used["app"]
-            relay["cpu_batches"] = [per_token(relay)] + [
-                per_token(cpu_batch(app.pid, spec("relay", app.port, streams, csrf, seed=seed)))
-                for seed in CPU_BATCH_SEEDS
-            ]
+            add_cpu_batches(relay, app, streams, csrf)
         floor_run = minimal_relay(upstream_port, streams)
         django_run = django_relay(upstream_port, streams)
         httpx_run = django_relay(upstream_port, streams, reader="httpx")
@@ -193,6 +189,13 @@ def cpu_batch(pid: int, load: dict) -> dict:
     return run
 
 
+def add_cpu_batches(run: dict, relay: procs.App, streams: int, csrf: str) -> None:
+    """Two more batches of the same load on the same process: `run`'s CPU per token becomes
+    the median of the three."""
+    load = [spec("relay", relay.port, streams, csrf, seed=seed) for seed in CPU_BATCH_SEEDS]
+    run["cpu_batches"] = [per_token(run)] + [per_token(cpu_batch(relay.pid, x)) for x in load]
+
+
 def per_token(run: dict) -> float:
     """CPU-seconds per token relayed: the median over the run's batches where it has several."""
     if "cpu_batches" in run:
@@ -213,10 +216,7 @@ def minimal_relay(upstream_port: int, streams: int) -> dict:
     """The same streams through the minimal relay (bench/floor.py), and its CPU."""
     with procs.floor(upstream_port) as relay:
         procs.run_load(spec("relay", relay.port, 4))  # warm-up
-        before = procs.cpu_seconds(relay.pid)
-        run = procs.run_load(spec("relay", relay.port, streams, seed=40_000))
-        run["cpu"] = procs.cpu_seconds(relay.pid) - before
-    return run
+        return cpu_batch(relay.pid, spec("relay", relay.port, streams, seed=40_000))
 
 
 def django_relay(
@@ -234,18 +234,12 @@ def django_relay(
         csrf = csrf_token(relay)
         for _ in range(3):
             procs.run_load(spec("relay", relay.port, 4, csrf))  # warm-up
-        before = procs.cpu_seconds(relay.pid)
-        procs.run_load(spec("relay", relay.port, streams, csrf, seed=30_000, tokens=1))
-        per_request = (procs.cpu_seconds(relay.pid) - before) / streams
-        before = procs.cpu_seconds(relay.pid)
-        run = procs.run_load(spec("relay", relay.port, streams, csrf, seed=50_000))
-        run["cpu"] = procs.cpu_seconds(relay.pid) - before
+        one_token = spec("relay", relay.port, streams, csrf, seed=30_000, tokens=1)
+        per_request = cpu_batch(relay.pid, one_token)["cpu"] / streams
+        run = cpu_batch(relay.pid, spec("relay", relay.port, streams, csrf, seed=50_000))
         run["per_request"] = per_request
         if batches:
-            run["cpu_batches"] = [per_token(run)] + [
-                per_token(cpu_batch(relay.pid, spec("relay", relay.port, streams, csrf, seed=seed)))
-                for seed in CPU_BATCH_SEEDS
-            ]
+            add_cpu_batches(run, relay, streams, csrf)
     return run
 
 
