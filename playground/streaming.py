@@ -6,7 +6,7 @@ arrives; the messages are HTML fragments we build (text is always escaped):
 
 1. a reset: out-of-band swaps that clear the previous result, errors and status;
 2. the streamed text, escaped, appended to the live area (`#live`), coalesced so that a fast
-   backend produces 20 events a second rather than one per token (down to 10 a second when the
+   backend produces 20 events a second rather than one per token (down to 5 a second when the
    worker relays many streams at once: see `cadence`);
 3. a final message that replaces the live text with the server-rendered completion (Pygments
    highlighting merged with per-token probability spans, from `rendering.py`), the stats line and,
@@ -58,9 +58,12 @@ COALESCE_SECONDS = 0.05
 # An event costs the worker about the same whatever it carries (a read, a write, their
 # wake-ups), so a worker relaying many streams spends its CPU on events, not tokens. Past
 # EVENTS_PER_SECOND text events a second in all (25 streams at 20 a second), each stream's
-# events carry more tokens instead, down to 10 a second (BUSY_COALESCE_SECONDS) from 50 open
-# streams on: see `cadence`. A lone user, or a team's handful, keeps 20 a second.
-BUSY_COALESCE_SECONDS = 0.1
+# events carry more tokens instead, down to 5 a second (BUSY_COALESCE_SECONDS) from 100 open
+# streams on: see `cadence`. A lone user, or a team's handful, keeps 20 a second. Under load a
+# read through httpx and its event's write through Django cost about 0.14 ms together: at 200
+# streams, 5 events a second instead of 10 took a ninth off the worker's CPU per token
+# (docs/PERFORMANCE.md).
+BUSY_COALESCE_SECONDS = 0.2
 EVENTS_PER_SECOND = 500
 # Proxies close idle connections; a comment line keeps a long prefill alive.
 PING_SECONDS = 15.0
