@@ -166,9 +166,10 @@ class Run:
 def sse_message(data: str, event: str | None = None) -> bytes:
     """Frame one SSE message. Newlines inside `data` become several `data:` lines, which the
     browser joins back with newlines; a bare CR would also end a line, so it is escaped."""
-    lines = data.replace("\r", "&#13;").split("\n")
-    head = f"event: {event}\n" if event else ""
-    return (head + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
+    # Three passes in C: a run's final message (its rendered completion and tooltip data) has
+    # hundreds of lines, and a formatted string per line was an eighth of its cost.
+    body = "data: " + data.replace("\r", "&#13;").replace("\n", "\ndata: ") + "\n\n"
+    return (f"event: {event}\n{body}" if event else body).encode()
 
 
 def open_deltas(backend: Backend, request: CompletionRequest) -> AsyncIterator[Delta]:

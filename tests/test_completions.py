@@ -494,6 +494,22 @@ def test_sse_parser_strips_a_byte_order_mark_and_keeps_an_unterminated_last_even
     assert parse_in_pieces([b"\xef\xbb", b"\xbfdata: a\n\ndata: b"]) == ["a", "b"]
 
 
+@given(
+    data=st.text(alphabet=st.characters(blacklist_categories=("Cs",))),
+    event=st.sampled_from([None, "done"]),
+)
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_the_relays_own_messages_read_back_whole_by_an_event_stream_parser(data, event):
+    # streaming.sse_message frames what the browser's EventSource reads: every line of the
+    # message comes back, joined by LF; a CR (which would end a line) comes back as &#13;.
+    from playground.streaming import sse_message
+
+    framed = sse_message(data, event)
+    assert framed.endswith(b"\n\n")
+    assert parse_in_pieces([framed]) == [data.replace("\r", "&#13;")]
+    assert framed.startswith(b"event: done\n" if event else b"data: ")
+
+
 # Lines of an event stream, from the ones every server sends to the odd ones; no CR, so that
 # LF-only streams take the parser's fast path and the same with CRLF line ends takes the general one.
 sse_lines = st.lists(
