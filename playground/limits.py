@@ -26,8 +26,6 @@ import logging
 import math
 import threading
 import time
-import weakref
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
@@ -224,19 +222,3 @@ async def admit(request: HttpRequest) -> Slot | Refusal:
             _running -= 1
         return taken
     return Slot(taken)
-
-
-def holding(slot: Slot, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """`stream`, releasing `slot` when it ends, fails, is cancelled, or is never started."""
-
-    async def body():
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            slot.release()
-
-    wrapped = body()
-    # An async generator that is never iterated never runs its `finally`.
-    weakref.finalize(wrapped, slot.release)
-    return wrapped

@@ -182,7 +182,13 @@ def open_deltas(backend: Backend, request: CompletionRequest) -> AsyncIterator[D
     )
 
 
-def relay(backend: Backend, request: CompletionRequest, *, record=None) -> AsyncIterator[bytes]:
+def relay(
+    backend: Backend,
+    request: CompletionRequest,
+    *,
+    record=None,
+    on_end: Callable[[], None] | None = None,
+) -> AsyncIterator[bytes]:
     """The body of the generate response: bytes of `text/event-stream`.
 
     The upstream request starts now, in its own task, not when the server first asks the body
@@ -194,12 +200,19 @@ def relay(backend: Backend, request: CompletionRequest, *, record=None) -> Async
     `record(run, stopped=...)`, if given, is awaited once when the run ends and its result is
     handed to the `run-end` partial as `record`. If the browser goes away first, it still runs
     (as a task the cancellation does not reach) with `stopped=True`: see `history.py`.
+
+    `on_end()`, if given, is called once the body has ended, failed or been closed, or when a
+    body that was never iterated is dropped (then perhaps on another thread, and perhaps once
+    more after it ended: it must allow both). `limits.Slot.release` frees the run's generation
+    slot this way: the body calls it itself rather than through a generator wrapped around it,
+    as every message and every wait of the stream passes through each such layer
+    (docs/PERFORMANCE.md).
     """
     run = Run(backend=backend, request=request)
     feed = _Feed()
     reader = asyncio.create_task(feed.read(run))
-    body = _events(run, feed, reader, record)
-    weakref.finalize(body, _cancel_from_anywhere, asyncio.get_running_loop(), reader)
+    body = _events(run, feed, reader, record, on_end)
+    weakref.finalize(body, _dropped, asyncio.get_running_loop(), reader, on_end)
     return body
 
 
@@ -248,61 +261,73 @@ def _resolve(waiter: asyncio.Future | None) -> None:
         waiter.set_result(None)
 
 
-def _cancel_from_anywhere(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+def _dropped(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task, on_end: Callable[[], None] | None
+) -> None:
     # A dropped generator may be collected on another thread; a task is cancelled on its loop.
     if not task.done() and not loop.is_closed():
         loop.call_soon_threadsafe(task.cancel)
+    if on_end is not None:
+        on_end()
 
 
-async def _events(run: Run, feed: _Feed, reader: asyncio.Task, record) -> AsyncIterator[bytes]:
-    ended = False
-    queue, wake, finished = feed.queue, feed.wake, feed.finished
+async def _events(
+    run: Run, feed: _Feed, reader: asyncio.Task, record, on_end: Callable[[], None] | None
+) -> AsyncIterator[bytes]:
     try:
-        yield run_start(run.backend.label)
-        while True:
-            if not queue and not finished.is_set():
-                if run.first_token_at is None:
-                    try:
-                        async with asyncio.timeout(PING_SECONDS):
-                            await wake.wait()
-                    except TimeoutError:
-                        yield b": ping\n\n"
-                        continue
-                else:
-                    await wake.wait()
-            wake.clear()
-            batch = queue[:]
-            queue.clear()
-            text = "".join([run.add(delta) for delta in batch])
-            if text:
-                # Wrapped in an element: htmx skips a swap whose fragment is only whitespace,
-                # and a chunk of code is often just a newline and an indent.
-                yield sse_message(f"<span>{render_plain(text)}</span>")
-            if finished.is_set() and not queue:
-                ended = True
-                break
-            if text:
-                # Let the next tokens gather, but end the wait as soon as the run finishes.
-                await feed.pause(cadence())
-    finally:
-        if not reader.done():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        ended = False
+        queue, wake, finished = feed.queue, feed.wake, feed.finished
+        try:
+            yield run_start(run.backend.label)
+            while True:
+                if not queue and not finished.is_set():
+                    if run.first_token_at is None:
+                        try:
+                            async with asyncio.timeout(PING_SECONDS):
+                                await wake.wait()
+                        except TimeoutError:
+                            yield b": ping\n\n"
+                            continue
+                    else:
+                        await wake.wait()
+                wake.clear()
+                batch = queue[:]
+                queue.clear()
+                text = "".join([run.add(delta) for delta in batch])
+                if text:
+                    # Wrapped in an element: htmx skips a swap whose fragment is only
+                    # whitespace, and a chunk of code is often just a newline and an indent.
+                    yield sse_message(f"<span>{render_plain(text)}</span>")
+                if finished.is_set() and not queue:
+                    ended = True
+                    break
+                if text:
+                    # Let the next tokens gather, but end the wait as soon as the run finishes.
+                    await feed.pause(cadence())
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            if record is not None:
+                run.ended_at = time.perf_counter()
+                # A task of its own: if the browser went away (Stop, a closed tab), this
+                # generator is being cancelled, and the save must outlive it with the text that
+                # had arrived.
+                saving = keep(record(run, stopped=not ended))
+        context = await finish(run)
         if record is not None:
-            run.ended_at = time.perf_counter()
-            # A task of its own: if the browser went away (Stop, a closed tab), this generator is
-            # being cancelled, and the save must outlive it with the text that had arrived.
-            saving = keep(record(run, stopped=not ended))
-    context = await finish(run)
-    if record is not None:
-        # Shielded: a disconnect while rendering or saving must not lose the run.
-        context["record"] = await asyncio.shield(saving)
-    # In a worker thread, like the render: the run-end fragment (the overview's gutter, the
-    # history item) is a few milliseconds of template work the other streams need not wait for.
-    end = await asyncio.to_thread(render_to_string, f"{PAGE}#run-end", context)
-    yield sse_message(end)
-    yield sse_message(json.dumps(context["summary"]), event="done")
+            # Shielded: a disconnect while rendering or saving must not lose the run.
+            context["record"] = await asyncio.shield(saving)
+        # In a worker thread, like the render: the run-end fragment (the overview's gutter, the
+        # history item) is a few milliseconds of template work the other streams need not wait
+        # for.
+        end = await asyncio.to_thread(render_to_string, f"{PAGE}#run-end", context)
+        yield sse_message(end)
+        yield sse_message(json.dumps(context["summary"]), event="done")
+    finally:
+        if on_end is not None:
+            on_end()
 
 
 @functools.lru_cache(maxsize=64)

@@ -149,7 +149,7 @@ async def generate(request: HttpRequest) -> HttpResponse:
             slot.release()
         return await sync_to_async(_whole_page)(request, form, context)
     response = StreamingHttpResponse(
-        limits.holding(slot, streaming.relay(backend, form.to_request(), record=record)),
+        streaming.relay(backend, form.to_request(), record=record, on_end=slot.release),
         content_type="text/event-stream; charset=utf-8",
     )
     response["Cache-Control"] = "no-cache, no-store"

@@ -191,23 +191,48 @@ def test_per_user_slots_are_capped_and_released(settings, cache_backend):
     assert limits.running() == 0
 
 
-def test_a_stream_that_is_never_started_still_frees_its_slot(settings):
+def test_a_stream_that_is_never_started_still_frees_its_slot(settings, completions_backend):
+    from playground import streaming
+    from playground.backends import get_backend
+    from playground.completions import CompletionRequest
+
     settings.PLAYGROUND_MAX_CONCURRENT_PER_USER = 1
+    request = CompletionRequest(model="bigcode/starcoder2-7b", prompt="def f():", max_tokens=4)
 
     async def go():
         who = request_from("192.0.2.70")
         slot = await limits.admit(who)
-
-        async def stream():
-            yield b"never read"
-
-        held = limits.holding(slot, stream())
-        del held  # dropped before its first chunk, as when the client leaves at once
+        body = streaming.relay(get_backend("completions"), request, on_end=slot.release)
+        del body  # dropped before its first chunk, as when the client leaves at once
         return await limits.admit(who)
 
     again = asyncio.run(go())
     assert isinstance(again, limits.Slot)
     again.release()
+
+
+def test_a_stream_frees_its_slot_when_it_ends_and_not_before(settings, completions_backend):
+    from playground import streaming
+    from playground.backends import get_backend
+    from playground.completions import CompletionRequest
+
+    settings.PLAYGROUND_MAX_CONCURRENT_PER_USER = 1
+    request = CompletionRequest(model="bigcode/starcoder2-7b", prompt="def f():", max_tokens=4)
+
+    async def go():
+        who = request_from("192.0.2.71")
+        slot = await limits.admit(who)
+        body = streaming.relay(get_backend("completions"), request, on_end=slot.release)
+        messages = [await anext(body)]
+        while_running = await limits.admit(who)  # the run still holds the user's one slot
+        messages += [message async for message in body]
+        return while_running, messages, await limits.admit(who)
+
+    while_running, messages, after = asyncio.run(go())
+    assert isinstance(while_running, limits.Refusal)
+    assert messages[-1].startswith(b"event: done\n")
+    assert isinstance(after, limits.Slot)
+    after.release()
 
 
 # --- against uvicorn: real connections -----------------------------------------------------
