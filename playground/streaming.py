@@ -57,14 +57,14 @@ log = logging.getLogger(__name__)
 COALESCE_SECONDS = 0.05
 # An event costs the worker about the same whatever it carries (a read, a write, their
 # wake-ups), so a worker relaying many streams spends its CPU on events, not tokens. Past
-# EVENTS_PER_SECOND text events a second in all (25 streams at 20 a second), each stream's
-# events carry more tokens instead, down to 5 a second (BUSY_COALESCE_SECONDS) from 100 open
+# EVENTS_PER_SECOND text events a second in all (12 streams at 20 a second), each stream's
+# events carry more tokens instead, down to 5 a second (BUSY_COALESCE_SECONDS) from 50 open
 # streams on: see `cadence`. A lone user, or a team's handful, keeps 20 a second. Under load a
 # read through httpx and its event's write through Django cost about 0.14 ms together: at 200
-# streams, 5 events a second instead of 10 took a ninth off the worker's CPU per token
-# (docs/PERFORMANCE.md).
+# streams, 5 events a second instead of 10 took a ninth off the worker's CPU per token, and at
+# 50 streams a twentieth (docs/PERFORMANCE.md).
 BUSY_COALESCE_SECONDS = 0.2
-EVENTS_PER_SECOND = 500
+EVENTS_PER_SECOND = 250
 # Proxies close idle connections; a comment line keeps a long prefill alive.
 PING_SECONDS = 15.0
 PAGE = "playground/page.html"

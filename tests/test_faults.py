@@ -258,19 +258,19 @@ def test_the_wait_between_events_ends_when_the_run_ends(monkeypatch):
 def test_the_cadence_is_20_events_a_second_until_the_workers_budget_then_down_to_5():
     from playground.streaming import cadence
 
-    # 25 streams at 20 a second are the worker's 500 events a second; past that each stream's
-    # events come further apart, and from 100 streams on at 5 a second, never fewer.
-    assert [cadence(n) for n in (0, 1, 25)] == [0.05, 0.05, 0.05]
-    assert cadence(30) == pytest.approx(0.06)
-    assert cadence(50) == pytest.approx(0.1)
-    assert cadence(80) == pytest.approx(0.16)
-    assert [cadence(n) for n in (100, 200, 5000)] == [0.2, 0.2, 0.2]
+    # 12 streams at 20 a second are about the worker's 250 events a second; past that each
+    # stream's events come further apart, and from 50 streams on at 5 a second, never fewer.
+    assert [cadence(n) for n in (0, 1, 12)] == [0.05, 0.05, 0.05]
+    assert cadence(15) == pytest.approx(0.06)
+    assert cadence(25) == pytest.approx(0.1)
+    assert cadence(40) == pytest.approx(0.16)
+    assert [cadence(n) for n in (50, 200, 5000)] == [0.2, 0.2, 0.2]
 
 
 def test_a_busy_worker_reads_and_writes_each_stream_at_the_busy_cadence(
     completions_backend, monkeypatch
 ):
-    """With 99 other streams open, a run's reads pause and its events wait 0.2 s, and the run
+    """With 59 other streams open, a run's reads pause and its events wait 0.2 s, and the run
     is counted among the open streams only while it reads."""
     import asyncio
 
@@ -280,7 +280,7 @@ def test_a_busy_worker_reads_and_writes_each_stream_at_the_busy_cadence(
 
     completions_backend.script(tokens=["tick "] * 6, chunk_delay=0.01)
     request = CompletionRequest(model="bigcode/starcoder2-7b", prompt="def f():", max_tokens=6)
-    monkeypatch.setattr(streaming, "_open_streams", 99)
+    monkeypatch.setattr(streaming, "_open_streams", 59)
     read_pauses, event_pauses, counted = [], [], []
     read_pause = completions._read_pause
 
@@ -305,5 +305,5 @@ def test_a_busy_worker_reads_and_writes_each_stream_at_the_busy_cadence(
     assert set(read_pauses) == {0.2}
     assert event_pauses
     assert set(event_pauses) == {0.2}
-    assert set(counted) == {100}
-    assert streaming._open_streams == 99
+    assert set(counted) == {60}
+    assert streaming._open_streams == 59
