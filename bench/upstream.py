@@ -101,7 +101,11 @@ def chunk(data: bytes) -> bytes:
 
 async def read_body(reader: asyncio.StreamReader) -> bytes:
     """The body of one HTTP/1.1 request with a Content-Length (all the bench's clients send)."""
-    head = await reader.readuntil(b"\r\n\r\n")
+    return await read_rest(await reader.readuntil(b"\r\n\r\n"), reader)
+
+
+async def read_rest(head: bytes, reader: asyncio.StreamReader) -> bytes:
+    """The body after a request's `head` (its request line and headers)."""
     length = 0
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
@@ -110,9 +114,25 @@ async def read_body(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(length) if length else b""
 
 
+def tokenized(body: dict) -> bytes:
+    """A vLLM `POST /tokenize` answer (the page asks for the prompt's token count): a token per
+    word, which is all the bench needs of it."""
+    count = len(str(body.get("prompt", "")).split())
+    answer = json.dumps({"count": count, "tokens": list(range(count)), "max_model_len": 16384})
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(answer)}\r\nConnection: close\r\n\r\n{answer}".encode()
+    )
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
     try:
-        body = json.loads(await read_body(reader) or b"{}")
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = json.loads(await read_rest(head, reader) or b"{}")
+        if head.split(b" ", 2)[1].endswith(b"/tokenize"):
+            writer.write(tokenized(body))
+            await writer.drain()
+            return
         count = int(body.get("max_tokens", 16))
         seed = int(body.get("seed") or 0)
         alternatives = int(body.get("logprobs") or 0)
