@@ -192,9 +192,9 @@ def make_recorder(
         end = run.ended_at or run.started
         ttft = None if run.first_token_at is None else run.first_token_at - run.started
         usage = run.usage
-        # No savepoint of its own: the saver runs each save of a batch in one already (and a
-        # save alone in this transaction), so a failure here is rolled back with it; two SQL
-        # statements fewer for every run of a batch.
+        # No savepoint of its own: in a batch the saver gives each save one already, and a save
+        # alone gets its transaction from this block, so a failure here is rolled back either
+        # way; two SQL statements fewer for every run of a batch.
         with transaction.atomic(savepoint=False):
             record = RunRecord.objects.create(
                 **owner.fields(),
