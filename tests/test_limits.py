@@ -191,18 +191,24 @@ def test_per_user_slots_are_capped_and_released(settings, cache_backend):
     assert limits.running() == 0
 
 
-def test_a_stream_that_is_never_started_still_frees_its_slot(settings, completions_backend):
+async def body_holding_a_slot(address: str):
+    """A run's streamed body holding its client's generation slot, as the generate view makes
+    it: the client's request and the body."""
     from playground import streaming
     from playground.backends import get_backend
     from playground.completions import CompletionRequest
 
-    settings.PLAYGROUND_MAX_CONCURRENT_PER_USER = 1
+    who = request_from(address)
+    slot = await limits.admit(who)
     request = CompletionRequest(model="bigcode/starcoder2-7b", prompt="def f():", max_tokens=4)
+    return who, streaming.relay(get_backend("completions"), request, on_end=slot.release)
+
+
+def test_a_stream_that_is_never_started_still_frees_its_slot(settings, completions_backend):
+    settings.PLAYGROUND_MAX_CONCURRENT_PER_USER = 1
 
     async def go():
-        who = request_from("192.0.2.70")
-        slot = await limits.admit(who)
-        body = streaming.relay(get_backend("completions"), request, on_end=slot.release)
+        who, body = await body_holding_a_slot("192.0.2.70")
         del body  # dropped before its first chunk, as when the client leaves at once
         return await limits.admit(who)
 
@@ -212,17 +218,10 @@ def test_a_stream_that_is_never_started_still_frees_its_slot(settings, completio
 
 
 def test_a_stream_frees_its_slot_when_it_ends_and_not_before(settings, completions_backend):
-    from playground import streaming
-    from playground.backends import get_backend
-    from playground.completions import CompletionRequest
-
     settings.PLAYGROUND_MAX_CONCURRENT_PER_USER = 1
-    request = CompletionRequest(model="bigcode/starcoder2-7b", prompt="def f():", max_tokens=4)
 
     async def go():
-        who = request_from("192.0.2.71")
-        slot = await limits.admit(who)
-        body = streaming.relay(get_backend("completions"), request, on_end=slot.release)
+        who, body = await body_holding_a_slot("192.0.2.71")
         messages = [await anext(body)]
         while_running = await limits.admit(who)  # the run still holds the user's one slot
         messages += [message async for message in body]
