@@ -110,6 +110,20 @@ def test_generate_save_reload_and_reopen_a_run_with_its_tooltips(page, app):
     expect(page.locator("#history-list li")).to_have_count(1)
 
 
+def test_restore_from_a_run_just_added_to_history_puts_its_prompt_back(page, app):
+    # The history item of a run that just ended comes in the stream's last message, rendered
+    # without the request: its Restore form must still pass CSRF (a 403 here lost the click).
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def restore_me(y):\n")
+    generate(page)
+    page.get_by_label("Prompt").fill("something else entirely")
+    item = page.locator("#history-list li").first
+    with page.expect_response(lambda r: r.url.endswith("/restore")) as restored:
+        item.get_by_role("button", name="Restore parameters").click()
+    assert restored.value.status < 400
+    expect(page.get_by_label("Prompt")).to_have_value("def restore_me(y):\n")
+
+
 def test_a_stopped_run_keeps_its_partial_text_in_history(page, app):
     page.goto(app.url + "/")
     page.get_by_label("Prompt").fill("def stopped_run():\n")
