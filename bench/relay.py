@@ -8,9 +8,11 @@ event before it carries none); directly, to the first `data: {` chunk.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -134,6 +136,7 @@ def concurrency(
         with (
             tempfile.TemporaryDirectory() as tmp,
             procs.app(Path(tmp), **app_env(upstream_port)) as app,
+            served_floor(upstream_port, "features") as features,
         ):
             csrf = csrf_token(app)
             for _ in range(3):  # warm-up: imports, templates, the client's pool
@@ -141,18 +144,20 @@ def concurrency(
             # What one request costs the worker before any token: N arrivals at once queue for it.
             one_token = spec("relay", app.port, streams, csrf, seed=30_000, tokens=1)
             per_request = cpu_batch(app.pid, one_token)["cpu"] / streams
+            features_per_request = one_token_cost(features, streams)
             direct = procs.run_load(spec("direct", upstream_port, streams, seed=10_000))
             rss_before = procs.rss_bytes(app.pid)
             before = snapshot(app.pid, upstream.pid)
             with procs.PeakRss(app.pid) as peak:
-                relay = procs.run_load(spec("relay", app.port, streams, csrf, seed=20_000))
+                relay = procs.run_load(
+                    spec("relay", app.port, streams, csrf, seed=FIRST_BATCH_SEED)
+                )
             used = {k: v - before[k] for k, v in snapshot(app.pid, upstream.pid).items()}
             relay["cpu"] = used["app"]
-            add_cpu_batches(relay, app, streams, csrf)
+            features_run = alternate_cpu_batches(relay, app, csrf, features, streams)
         floor_run = minimal_relay(upstream_port, streams)
         django_run = django_relay(upstream_port, streams)
         httpx_run = django_relay(upstream_port, streams, reader="httpx")
-        features_run = django_relay(upstream_port, streams, reader="features", batches=True)
         rows += level_rows(streams, direct, relay, used, peak.peak - rss_before)
         rows += floor_rows(streams, direct, floor_run, FLOOR)
         rows += floor_rows(streams, direct, django_run, DJANGO_FLOOR)
@@ -169,8 +174,9 @@ def concurrency(
             "httpx_per_token": per_token(httpx_run),
             "httpx_per_request": httpx_run["per_request"],
             "features_per_token": per_token(features_run),
-            "features_per_request": features_run["per_request"],
+            "features_per_request": features_per_request,
             "app_per_token": per_token(relay),
+            "pairs": list(zip(relay["cpu_batches"], features_run["cpu_batches"], strict=True)),
         }
     return rows, raw
 
@@ -178,6 +184,7 @@ def concurrency(
 # One batch's CPU per token moves by 10-30 % from run to run on this VM; the app and the floor
 # it is held to (the features floor) get two more batches each, and the median of the three is
 # their number. Seeds apart from every other batch's, so each stream's text is its own.
+FIRST_BATCH_SEED = 20_000
 CPU_BATCH_SEEDS = (60_000, 70_000)
 
 
@@ -189,11 +196,28 @@ def cpu_batch(pid: int, load: dict) -> dict:
     return run
 
 
-def add_cpu_batches(run: dict, relay: procs.App, streams: int, csrf: str) -> None:
-    """Two more batches of the same load on the same process: `run`'s CPU per token becomes
-    the median of the three."""
+def alternate_cpu_batches(
+    run: dict, relay: procs.App, csrf: str, floor: ServedFloor, streams: int
+) -> dict:
+    """The app's first batch (`run`) is followed by one of the floor's, then the two take turns
+    for two more batches each: each pair of batches sees the same moment of the machine, whose
+    speed drifts within a run (the speed probe moved by a fifth in some). `run`'s CPU per token
+    becomes the median of its three batches; the floor's run, with its three, is returned."""
+    # The same seeds as the app's batches: each pair relays the same texts.
+    floor_load = [
+        spec("relay", floor.app.port, streams, floor.csrf, seed=seed)
+        for seed in (FIRST_BATCH_SEED, *CPU_BATCH_SEEDS)
+    ]
     load = [spec("relay", relay.port, streams, csrf, seed=seed) for seed in CPU_BATCH_SEEDS]
-    run["cpu_batches"] = [per_token(run)] + [per_token(cpu_batch(relay.pid, x)) for x in load]
+    floor_runs = [cpu_batch(floor.app.pid, floor_load[0])]
+    app_batches = [per_token(run)]
+    for app_load, next_floor in zip(load, floor_load[1:], strict=True):
+        app_batches.append(per_token(cpu_batch(relay.pid, app_load)))
+        floor_runs.append(cpu_batch(floor.app.pid, next_floor))
+    run["cpu_batches"] = app_batches
+    floor_run = floor_runs[0]
+    floor_run["cpu_batches"] = [per_token(x) for x in floor_runs]
+    return floor_run
 
 
 def per_token(run: dict) -> float:
@@ -219,13 +243,19 @@ def minimal_relay(upstream_port: int, streams: int) -> dict:
         return cpu_batch(relay.pid, spec("relay", relay.port, streams, seed=40_000))
 
 
-def django_relay(
-    upstream_port: int, streams: int, reader: str = "socket", batches: bool = False
-) -> dict:
-    """The same streams through the minimal relay as a Django view (bench/django_floor.py),
-    served like the app: its CPU per stream and, as for the app, per one-token request.
-    `reader="httpx"` reads the upstream through the app's httpx client. With `batches`, two
-    more batches measure the CPU, as for the app."""
+class ServedFloor:
+    """The minimal relay as a Django view (bench/django_floor.py), served like the app and
+    warmed up, with the CSRF token its requests carry."""
+
+    def __init__(self, app: procs.App, csrf: str) -> None:
+        self.app = app
+        self.csrf = csrf
+
+
+@contextlib.contextmanager
+def served_floor(upstream_port: int, reader: str = "socket") -> Iterator[ServedFloor]:
+    """bench/django_floor.py in its own worker; `reader="httpx"` reads the upstream through
+    the app's httpx client, `"features"` does the product's per-token work as well."""
     env = {"DJANGO_SETTINGS_MODULE": "bench.django_floor", "FLOOR_READER": reader}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -234,12 +264,23 @@ def django_relay(
         csrf = csrf_token(relay)
         for _ in range(3):
             procs.run_load(spec("relay", relay.port, 4, csrf))  # warm-up
-        one_token = spec("relay", relay.port, streams, csrf, seed=30_000, tokens=1)
-        per_request = cpu_batch(relay.pid, one_token)["cpu"] / streams
-        run = cpu_batch(relay.pid, spec("relay", relay.port, streams, csrf, seed=50_000))
+        yield ServedFloor(relay, csrf)
+
+
+def one_token_cost(floor: ServedFloor, streams: int) -> float:
+    """CPU-seconds a request costs the floor: `streams` one-token runs arriving at once."""
+    one_token = spec("relay", floor.app.port, streams, floor.csrf, seed=30_000, tokens=1)
+    return cpu_batch(floor.app.pid, one_token)["cpu"] / streams
+
+
+def django_relay(upstream_port: int, streams: int, reader: str = "socket") -> dict:
+    """The same streams through the minimal relay as a Django view (bench/django_floor.py),
+    served like the app: its CPU per stream and, as for the app, per one-token request."""
+    with served_floor(upstream_port, reader) as floor:
+        per_request = one_token_cost(floor, streams)
+        load = spec("relay", floor.app.port, streams, floor.csrf, seed=50_000)
+        run = cpu_batch(floor.app.pid, load)
         run["per_request"] = per_request
-        if batches:
-            add_cpu_batches(run, relay, streams, csrf)
     return run
 
 
@@ -544,6 +585,22 @@ def floor(raw: dict) -> list[Row]:
                 f"{summed * 1e6:.1f}) + the app's run beyond that floor's request "
                 f"({per_run * 1000:.2f} ms a run, {per_run / TOKENS * 1e6:.1f} per 1,000 tokens); "
                 f"the app spent {app * 1e6:.1f} ms, {app / base:.2f}× this",
+            )
+        )
+    for streams, data in raw.items():
+        # The same comparison without the machine's drift: the app's batches and the features
+        # floor's taken in turns, each app batch divided by the floor batch that followed it.
+        ratios = [app / floor for app, floor in data["pairs"]]
+        each = ", ".join(f"{app * 1e6:.1f} / {floor * 1e6:.1f}" for app, floor in data["pairs"])
+        rows.append(
+            Row(
+                section,
+                f"the app against the floor with the product's per-token work, batches taken in "
+                f"turns, {streams} streams",
+                f"{statistics.median(ratios):.2f}×",
+                f"median of {len(ratios)} pairs of batches, app / floor CPU per 1,000 tokens: "
+                f"{each} ms; the app's excess over that floor is its own request, templates "
+                "and database",
             )
         )
     for streams, data in raw.items():
