@@ -13,6 +13,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -182,8 +183,8 @@ def concurrency(
 
 
 # One batch's CPU per token moves by 10-30 % from run to run on this VM; the app and the floor
-# it is held to (the features floor) get two more batches each, and the median of the three is
-# their number. Seeds apart from every other batch's, so each stream's text is its own.
+# it is held to (the features floor) take three batches each, in turns, and the median of the
+# three is their number. A pair shares its seed; the seeds are apart from every other batch's.
 FIRST_BATCH_SEED = 20_000
 CPU_BATCH_SEEDS = (60_000, 70_000)
 
@@ -243,13 +244,13 @@ def minimal_relay(upstream_port: int, streams: int) -> dict:
         return cpu_batch(relay.pid, spec("relay", relay.port, streams, seed=40_000))
 
 
+@dataclass(frozen=True)
 class ServedFloor:
     """The minimal relay as a Django view (bench/django_floor.py), served like the app and
     warmed up, with the CSRF token its requests carry."""
 
-    def __init__(self, app: procs.App, csrf: str) -> None:
-        self.app = app
-        self.csrf = csrf
+    app: procs.App
+    csrf: str
 
 
 @contextlib.contextmanager
