@@ -44,9 +44,9 @@ from playground.completions import (  # noqa: E402
     _delta,
     _parse_chunk,
 )
-from playground.history import storable_tokens, tokens_to_json  # noqa: E402
-from playground.models import TokensEncoder  # noqa: E402
-from playground.rendering import render_completion, render_plain  # noqa: E402
+from playground.history import saver, storable, storable_tokens, tokens_to_json  # noqa: E402
+from playground.models import Run, RunStatus, TokensEncoder  # noqa: E402
+from playground.rendering import RenderedCompletion, render_completion, render_plain  # noqa: E402
 from playground.streaming import cadence, sse_message  # noqa: E402
 
 HEAD = (
@@ -99,6 +99,12 @@ def events_httpx(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
     its pool and socket backend) instead of a raw socket: what the brief's fixed HTTP client
     adds to the floor. The same request body, pace, parse and events."""
     return _relayed(_httpx_body(form, port))
+
+
+def events_product(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
+    """`events_features`, also saving each run and sending its highlighted completion
+    (`SavedProductTexts`): the product's least work per run on the brief's stack."""
+    return _relayed(_httpx_body(form, port), SavedProductTexts(form.get("prompt", [""])[0]))
 
 
 def events_features(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
@@ -181,8 +187,9 @@ class Texts:
                 texts.append(choices[0]["text"])
         return texts
 
-    async def end(self) -> None:
-        """The work after the last chunk: none."""
+    async def end(self) -> bytes | None:
+        """The work after the last chunk, and the message it sends, if any: none."""
+        return None
 
 
 class ProductTexts(Texts):
@@ -211,17 +218,52 @@ class ProductTexts(Texts):
         self._text += texts
         return texts
 
-    async def end(self) -> None:
+    async def end(self) -> bytes | None:
         await asyncio.to_thread(self._finish)
+        return None
 
     def _finish(self) -> None:
-        render_completion(
+        self._render()
+        TokensEncoder().encode(storable_tokens(tokens_to_json(self._tokens)))
+
+    def _render(self) -> RenderedCompletion:
+        return render_completion(
             prompt=self._prompt,
             tokens=self._tokens,
             text="".join(self._text),
             logprobs=LogprobStatus.REAL,
         )
-        TokensEncoder().encode(storable_tokens(tokens_to_json(self._tokens)))
+
+
+class SavedProductTexts(ProductTexts):
+    """`ProductTexts`, and the least a run needs beyond that for the product to keep it and show
+    it: the run saved as a row (`playground.models.Run`, through the app's saver: one thread,
+    saves batched in a transaction) and the highlighted completion with its tooltip data sent as
+    the stream's last message. No form, limits, owner, templates (no overview, stats, status or
+    history item), summary or `done` data beyond the floor's."""
+
+    async def end(self) -> bytes | None:
+        rendered = await asyncio.to_thread(self._render)
+        await saver.run(self._save)
+        return sse_message(
+            f'<pre class="code"><code>{rendered.html}</code></pre>'
+            f'<script type="application/json">{rendered.data_json}</script>'
+        )
+
+    def _save(self) -> None:
+        text = "".join(self._text)
+        Run.objects.create(
+            owner_key="bench-floor",
+            prompt=storable(self._prompt),
+            backend=BACKEND.id,
+            model=REQUEST.model,
+            text=storable(text),
+            tokens=storable_tokens(tokens_to_json(self._tokens)),
+            logprobs=LogprobStatus.REAL.value,
+            completion_tokens=len(self._tokens),
+            finish_reason="length",
+            status=RunStatus.COMPLETE,
+        )
 
 
 _open = 0  # streams this process relays now: the app's cadence depends on it
@@ -253,7 +295,9 @@ async def _relayed(reads: AsyncIterator[bytes], texts: Texts | None = None) -> A
         _open -= 1
     if pending:
         yield event("".join(pending))
-    await texts.end()
+    final = await texts.end()
+    if final is not None:
+        yield final
     yield b'event: done\ndata: {"status":"complete"}\n\n'
 
 
