@@ -23,7 +23,7 @@ from bench.report import Row
 
 TOKENS = 512
 DELAY_MS = 5.0
-REPEATS = 20  # 25 until the ninth round: 20 keeps the whole bench within ten minutes
+REPEATS = 15  # 25 until the ninth round: 15 keeps the whole bench within ten minutes
 LEVELS = (50, 200, 500)
 
 
@@ -269,7 +269,7 @@ def served_floor(upstream_port: int, reader: str = "socket") -> Iterator[ServedF
         procs.app(Path(tmp), **env, **app_env(upstream_port)) as relay,
     ):
         csrf = csrf_token(relay)
-        for _ in range(3):
+        for _ in range(2):
             procs.run_load(spec("relay", relay.port, 4, csrf))  # warm-up
         yield ServedFloor(relay, csrf)
 
