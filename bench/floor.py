@@ -9,9 +9,11 @@ No Django, no form, no limits, no token objects, no highlighting, no saving: a l
 a product. Raw asyncio on uvloop, its own process, like the app (one worker).
 
 What it costs per 1,000 tokens, and its time to first token with N streams at once, is where
-the floor is on this machine for sections 1 and 2 (docs/PERFORMANCE.md). `events_httpx` and
-`events_features` are the same relay for bench/django_floor.py: reading through the app's httpx
-client, and also doing the product's per-token work with the app's own code (`ProductTexts`).
+the floor is on this machine for sections 1 and 2 (docs/PERFORMANCE.md). `events_httpx`,
+`events_features` and `events_product` are the same relay for bench/django_floor.py: reading
+through the app's httpx client, also doing the product's per-token work with the app's own code
+(`ProductTexts`), and also saving each run as a row and sending its highlighted completion
+(`SavedProductTexts`).
 """
 
 from __future__ import annotations
