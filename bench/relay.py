@@ -511,6 +511,22 @@ def render_cost() -> float:
     return best
 
 
+def turns_row(
+    section: str, streams: int, pairs: list[tuple[float, float]], floor_name: str, excess: str
+) -> Row:
+    """The app against a floor whose batches took turns with its own: the median ratio."""
+    ratios = [app / floor for app, floor in pairs]
+    each = ", ".join(f"{app * 1e6:.1f} / {floor * 1e6:.1f}" for app, floor in pairs)
+    return Row(
+        section,
+        f"the app against the floor with the product's {floor_name} work, batches taken in "
+        f"turns, {streams} streams",
+        f"{statistics.median(ratios):.2f}×",
+        f"median of {len(ratios)} rounds, app / floor CPU per 1,000 tokens: {each} ms; the "
+        f"app's excess over that floor is {excess}",
+    )
+
+
 def floor(raw: dict) -> list[Row]:
     """Where the CPU per 1,000 tokens goes, measured apart from the relay."""
     section = "2 Where the CPU goes"
@@ -601,38 +617,19 @@ def floor(raw: dict) -> list[Row]:
                 f"the app spent {app * 1e6:.1f} ms, {app / base:.2f}× this",
             )
         )
-    for streams, data in raw.items():
-        # The same comparison without the machine's drift: the app's batches and the features
-        # floor's taken in turns, each app batch divided by the floor batch that followed it.
-        ratios = [app / floor for app, floor in data["pairs"]]
-        each = ", ".join(f"{app * 1e6:.1f} / {floor * 1e6:.1f}" for app, floor in data["pairs"])
-        rows.append(
-            Row(
-                section,
-                f"the app against the floor with the product's per-token work, batches taken in "
-                f"turns, {streams} streams",
-                f"{statistics.median(ratios):.2f}×",
-                f"median of {len(ratios)} rounds, app / floor CPU per 1,000 tokens: "
-                f"{each} ms; the app's excess over that floor is its own request, templates "
-                "and database",
-            )
-        )
-    for streams, data in raw.items():
-        ratios = [app / floor for app, floor in data["product_pairs"]]
-        each = ", ".join(
-            f"{app * 1e6:.1f} / {floor * 1e6:.1f}" for app, floor in data["product_pairs"]
-        )
-        rows.append(
-            Row(
-                section,
-                f"the app against the floor with the product's per-run work, batches taken in "
-                f"turns, {streams} streams",
-                f"{statistics.median(ratios):.2f}×",
-                f"median of {len(ratios)} rounds, app / floor CPU per 1,000 tokens: {each} ms; "
-                "the app's excess over that floor is its request (form, limits, owner) and its "
-                "templates (the run's start and end, the overview, stats and history item)",
-            )
-        )
+    # The same comparisons without the machine's drift: the app's batches and each floor's
+    # taken in turns, each app batch divided by the floor batch of the same round.
+    for key, floor_name, excess in (
+        ("pairs", "per-token", "its own request, templates and database"),
+        (
+            "product_pairs",
+            "per-run",
+            "its request (form, limits, owner) and its templates (the run's start and end, the "
+            "overview, stats and history item)",
+        ),
+    ):
+        for streams, data in raw.items():
+            rows.append(turns_row(section, streams, data[key], floor_name, excess))
     for streams, data in raw.items():
         cost = data["per_request"]
         django = data["django_per_request"]
