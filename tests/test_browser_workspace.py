@@ -124,6 +124,55 @@ def test_restore_from_a_run_just_added_to_history_puts_its_prompt_back(page, app
     expect(page.get_by_label("Prompt")).to_have_value("def restore_me(y):\n")
 
 
+def test_an_autosave_of_text_typed_just_before_restore_never_lands_after_it(page, app):
+    # Clicking Restore blurs the prompt, whose change event autosaves what was typed; that
+    # autosave (and the debounced one behind it) must reach the server before the restore, or
+    # the draft ends up holding the typed text and the restored prompt is lost on reload.
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def restore_wins(z):\n")
+    generate(page)
+    order = []
+
+    def record(kind):
+        def handler(route):
+            typed = "typed+over" in (route.request.post_data or "")
+            order.append(("start", kind, typed))
+            response = route.fetch()
+            order.append(("end", kind, typed))
+            route.fulfill(response=response)
+
+        return handler
+
+    page.route("**/draft", record("draft"))
+    page.route("**/restore", record("restore"))
+    page.get_by_label("Prompt").fill("typed over")
+    with page.expect_navigation(url=re.compile(r"\?run=\d+$")):
+        page.locator("#history-list li").first.get_by_role(
+            "button", name="Restore parameters"
+        ).click()
+    expect(page.get_by_label("Prompt")).to_have_value("def restore_wins(z):\n")
+    page.unroute_all(behavior="wait")
+    restore = order.index(("start", "restore", False))
+    assert ("end", "draft", True) in order[:restore], order
+    assert ("start", "draft", True) not in order[restore:], order
+    page.reload()
+    expect(page.get_by_label("Prompt")).to_have_value("def restore_wins(z):\n")
+
+
+def test_after_a_failed_restore_the_editor_is_autosaved_again(page, app):
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def kept_after_failure():\n")
+    generate(page)
+    page.route("**/restore", lambda route: route.fulfill(status=500, body="Server error"))
+    with page.expect_response(lambda r: r.url.endswith("/restore")):
+        page.locator("#history-list li").first.get_by_role(
+            "button", name="Restore parameters"
+        ).click()
+    wait_for_autosave(page, lambda: page.get_by_label("Prompt").fill("still mine"), "still+mine")
+    page.reload()
+    expect(page.get_by_label("Prompt")).to_have_value("still mine")
+
+
 def test_a_stopped_run_keeps_its_partial_text_in_history(page, app):
     page.goto(app.url + "/")
     page.get_by_label("Prompt").fill("def stopped_run():\n")

@@ -598,6 +598,18 @@
       if (hint) hint.textContent = "Saving…";
     }
   });
+  // A restore must be the editor's last write (an autosave of the old text would undo it): it
+  // queues behind one in flight (hx-sync) and, unless it fails, no autosave follows it.
+  let restoring = false;
+  const isRestore = (el) => el instanceof Element && el.matches("form[data-restore]");
+  document.addEventListener("htmx:config:request", (event) => { if (isRestore(event.target)) restoring = true; });
+  document.addEventListener("htmx:before:request", (event) => {
+    if (restoring && event.target.id === "autosave") event.preventDefault();
+  });
+  document.addEventListener("htmx:finally:request", (event) => {
+    const response = event.detail.ctx.response;
+    if (isRestore(event.target) && !(response && response.status < 400)) restoring = false;
+  });
   document.addEventListener("htmx:after:request", (event) => {
     const target = event.target;
     if (!(target instanceof Element) || target.id !== "autosave") return;
@@ -611,7 +623,7 @@
   document.addEventListener("visibilitychange", () => {
     const form = document.getElementById("generate-form");
     const hint = document.getElementById("autosave");
-    if (document.visibilityState !== "hidden" || !unsaved || !form || !hint) return;
+    if (document.visibilityState !== "hidden" || !unsaved || restoring || !form || !hint) return;
     navigator.sendBeacon(hint.getAttribute("hx-post"), new FormData(form));
     unsaved = false;
   });
