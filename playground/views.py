@@ -12,7 +12,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.middleware.csrf import get_token
 from django.shortcuts import render
+from django.views import csrf
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
@@ -231,3 +233,22 @@ def _whole_page(request: HttpRequest, form: GenerateForm, context: dict) -> Http
         PAGE,
         {**page_context(form), **workspace.editor_context(request, session), **context},
     )
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A request refused for its CSRF token (`settings.CSRF_FAILURE_VIEW`).
+
+    The usual cause is a sign-in in another tab, which renews the token: every button of an
+    older page is then refused. htmx swaps a 403 like any response, so its requests get a
+    fragment with only an out-of-band status message (the target keeps the prompt and the
+    output) and the renewed token in `X-CSRF-Renewed`, which `app.js` puts where the page's
+    requests take it from, so trying again works. Only a same-origin script can read that
+    header, as it could read the token from any page. Forms posted without htmx get Django's
+    page.
+    """
+    if request.headers.get("HX-Request") != "true":
+        return csrf.csrf_failure(request, reason)
+    response = render(request, f"{PAGE}#csrf-refused", status=403)
+    response["X-CSRF-Renewed"] = get_token(request)
+    response["Cache-Control"] = "no-store"
+    return response

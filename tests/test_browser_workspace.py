@@ -173,6 +173,28 @@ def test_after_a_failed_restore_the_editor_is_autosaved_again(page, app):
     expect(page.get_by_label("Prompt")).to_have_value("still mine")
 
 
+def test_a_page_whose_csrf_token_was_renewed_elsewhere_says_so_and_works_on_the_next_try(page, app):
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def renewed(t):\n")
+    generate(page)
+    expect(page.locator("#autosave")).to_have_text("Draft saved")
+    first = page.locator("#result pre").text_content()
+    # What a sign-in in another tab does: the cookie's secret changes under the open page.
+    page.context.add_cookies([{"name": "csrftoken", "value": "R" * 32, "url": app.url}])
+    with page.expect_response(lambda r: r.url.endswith("/generate")) as refused:
+        page.get_by_role("button", name="Generate").click()
+    assert refused.value.status == 403
+    expect(page.locator("#status")).to_contain_text("security token was out of date")
+    expect(page.get_by_label("Prompt")).to_have_value("def renewed(t):\n")
+    expect(page.locator("#result pre")).to_have_text(first)  # the output is left as it was
+    expect(page.locator("body")).not_to_contain_text("CSRF")
+    with page.expect_response(lambda r: r.url.endswith("/generate")) as again:
+        page.get_by_role("button", name="Generate").click()
+    assert again.value.status == 200
+    expect(page.locator("#history-list li")).to_have_count(2, timeout=30_000)
+    wait_for_autosave(page, lambda: page.get_by_label("Prompt").fill("after renewal"), "after")
+
+
 def test_a_stopped_run_keeps_its_partial_text_in_history(page, app):
     page.goto(app.url + "/")
     page.get_by_label("Prompt").fill("def stopped_run():\n")

@@ -233,6 +233,41 @@ def test_without_javascript_errors_keep_the_prompt_and_show_the_message():
 def test_post_without_csrf_token_is_refused():
     response = Client(enforce_csrf_checks=True).post("/generate", FORM)
     assert response.status_code == 403
+    assert "CSRF verification failed" in response.content.decode()  # Django's page, no htmx
+
+
+def test_an_htmx_request_with_a_stale_token_gets_a_message_and_the_renewed_token():
+    # A sign-in in another tab renews the token: the older page's requests are refused. htmx
+    # swaps the 403, so it must only set the status (out of band) and hand over the new token.
+    client = Client(enforce_csrf_checks=True)
+    client.get("/")  # the CSRF cookie
+    stale = "A" * 64  # a well-formed token masked from another secret
+    htmx = {"HX-Request": "true"}
+    refused = client.post("/generate", {**FORM, "csrfmiddlewaretoken": stale}, headers=htmx)
+    assert refused.status_code == 403
+    body = refused.content.decode()
+    assert '<p id="status" hx-swap-oob="innerHTML">' in body
+    assert "security token was out of date" in body
+    assert "try again" in body
+    assert "CSRF verification failed" not in body
+    assert refused["Cache-Control"] == "no-store"
+    renewed = refused["X-CSRF-Renewed"]
+    again = client.post("/generate", FORM, headers={**htmx, "X-CSRFToken": renewed})
+    assert again.status_code == 200
+    assert again["Content-Type"].startswith("text/event-stream")
+    again.close()
+
+
+def test_a_refusal_without_any_csrf_cookie_sets_one_that_the_renewed_token_matches():
+    client = Client(enforce_csrf_checks=True)
+    htmx = {"HX-Request": "true"}
+    refused = client.post("/draft", {"prompt": "kept"}, headers=htmx)
+    assert refused.status_code == 403
+    assert "csrftoken" in refused.cookies
+    saved = client.post(
+        "/draft", {"prompt": "kept"}, headers={**htmx, "X-CSRFToken": refused["X-CSRF-Renewed"]}
+    )
+    assert saved.status_code == 204
 
 
 # --- against an OpenAI-compatible upstream on loopback -----------------------------------

@@ -598,6 +598,13 @@
       if (hint) hint.textContent = "Saving…";
     }
   });
+  // A sign-in elsewhere renews the CSRF token: a refusal brings the new one (views.csrf_failure).
+  document.addEventListener("htmx:response:error", (event) => {
+    const token = event.detail.ctx.response.headers.get("X-CSRF-Renewed"); // [A-Za-z0-9]
+    if (!token) return;
+    document.body.setAttribute("hx-headers:inherited", `{"X-CSRFToken":"${token}"}`);
+    for (const input of document.querySelectorAll("[name=csrfmiddlewaretoken]")) input.value = token;
+  });
   // A restore must be the editor's last write (an autosave of the old text would undo it): it
   // queues behind one in flight (hx-sync) and, unless it fails, no autosave follows it.
   let restoring = false;
