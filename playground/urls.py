@@ -44,3 +44,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]
+
+# An htmx request that fails as a whole gets a status message, not Django's page (views).
+handler404 = "playground.views.not_found"
+handler500 = "playground.views.server_error"

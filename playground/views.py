@@ -14,7 +14,8 @@ from django.core.cache import cache
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import render
-from django.views import csrf
+from django.template.loader import render_to_string
+from django.views import csrf, defaults
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
@@ -235,20 +236,52 @@ def _whole_page(request: HttpRequest, form: GenerateForm, context: dict) -> Http
     )
 
 
+# What an htmx request that failed as a whole shows in the page's status (`_failed`).
+CSRF_REFUSED = (
+    "Refused: this page's security token was out of date (signing in elsewhere renews it). "
+    "It has the new one now: try again."
+)
+NOT_FOUND = "Not found: it was deleted (perhaps in another tab) or is not yours. Nothing changed."
+SERVER_ERROR = "The server failed on this request and nothing changed. Try again."
+
+
+def _failed(request: HttpRequest, message: str, status: int) -> HttpResponse | None:
+    """For an htmx request, a response holding only out-of-band status messages, else None.
+
+    htmx 4 swaps error responses like any other: Django's error pages would land in the live
+    output or in place of the form that asked. With no main content nothing is swapped there,
+    so the prompt, the parameters and the output stay. Rendered without the request, so no
+    context processor runs (a failing database must not fail the error page too).
+    """
+    if request.headers.get("HX-Request") != "true":
+        return None
+    html = render_to_string(f"{PAGE}#request-failed", {"message": message})
+    response = HttpResponse(html, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """A request refused for its CSRF token (`settings.CSRF_FAILURE_VIEW`).
 
     The usual cause is a sign-in in another tab, which renews the token: every button of an
-    older page is then refused. htmx swaps a 403 like any response, so its requests get a
-    fragment with only an out-of-band status message (the target keeps the prompt and the
-    output) and the renewed token in `X-CSRF-Renewed`, which `app.js` puts where the page's
-    requests take it from, so trying again works. Only a same-origin script can read that
-    header, as it could read the token from any page. Forms posted without htmx get Django's
-    page.
+    older page is then refused. An htmx request also gets the renewed token in
+    `X-CSRF-Renewed`, which `app.js` puts where the page's requests take it from, so trying
+    again works. Only a same-origin script can read that header, as it could read the token
+    from any page. Forms posted without htmx get Django's page.
     """
-    if request.headers.get("HX-Request") != "true":
+    response = _failed(request, CSRF_REFUSED, 403)
+    if response is None:
         return csrf.csrf_failure(request, reason)
-    response = render(request, f"{PAGE}#csrf-refused", status=403)
     response["X-CSRF-Renewed"] = get_token(request)
-    response["Cache-Control"] = "no-store"
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """`handler404`: for htmx, the status message alone (a run or session gone elsewhere)."""
+    return _failed(request, NOT_FOUND, 404) or defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """`handler500`: for htmx, the status message alone; Django's page otherwise."""
+    return _failed(request, SERVER_ERROR, 500) or defaults.server_error(request)

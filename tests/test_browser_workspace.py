@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 
@@ -25,7 +26,8 @@ USERS = {"alice": "alice-pw-0123", "bob": "bob-pw-0123"}
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("workspace-app")
     with run_app(tmp, OFFLINE_MODEL_TOKENS_PER_SECOND="20") as server:
-        env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"}
+        server.db = tmp / "db.sqlite3"
+        env = {**os.environ, "DATABASE_URL": f"sqlite:///{server.db}"}
         env.pop("DJANGO_ENV", None)
         script = "; ".join(
             f"User.objects.create_user({name!r}, password={password!r})"
@@ -193,6 +195,24 @@ def test_a_page_whose_csrf_token_was_renewed_elsewhere_says_so_and_works_on_the_
     assert again.value.status == 200
     expect(page.locator("#history-list li")).to_have_count(2, timeout=30_000)
     wait_for_autosave(page, lambda: page.get_by_label("Prompt").fill("after renewal"), "after")
+
+
+def test_restoring_a_run_deleted_elsewhere_says_so_and_keeps_the_editor(page, app):
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill("def deleted_elsewhere():\n")
+    generate(page)
+    item = page.locator("#history-list li").first
+    with sqlite3.connect(app.db) as db:  # as its session's deletion in another tab does
+        db.execute("DELETE FROM playground_run WHERE id = ?", (item.get_attribute("data-run-id"),))
+    page.get_by_label("Prompt").fill("still here")
+    with page.expect_response(lambda r: r.url.endswith("/restore")) as gone:
+        item.get_by_role("button", name="Restore parameters").click()
+    assert gone.value.status == 404
+    expect(page.locator("#status")).to_contain_text("Not found: it was deleted")
+    expect(item.get_by_role("button", name="Restore parameters")).to_be_visible()
+    expect(page.get_by_label("Prompt")).to_have_value("still here")
+    expect(page.locator("body")).not_to_contain_text("requested resource")
+    wait_for_autosave(page, lambda: page.get_by_label("Prompt").fill("kept after 404"), "404")
 
 
 def test_a_stopped_run_keeps_its_partial_text_in_history(page, app):

@@ -258,6 +258,33 @@ def test_an_htmx_request_with_a_stale_token_gets_a_message_and_the_renewed_token
     again.close()
 
 
+def test_an_htmx_request_for_something_gone_gets_a_status_message_and_no_page():
+    client = Client()
+    gone = client.post("/runs/999999/restore", headers={"HX-Request": "true"})
+    assert gone.status_code == 404
+    body = gone.content.decode()
+    assert body.strip().startswith('<p id="status" hx-swap-oob="innerHTML">')
+    assert "Not found: it was deleted" in body
+    assert "<h1>" not in body
+    plain = client.post("/runs/999999/restore")
+    assert plain.status_code == 404
+    assert "hx-swap-oob" not in plain.content.decode()
+
+
+@pytest.mark.urls("tests.failing_urls")
+def test_an_htmx_request_that_hits_a_bug_gets_a_status_message_and_no_page():
+    client = Client(raise_request_exception=False)
+    failed = client.get("/broken", headers={"HX-Request": "true"})
+    assert failed.status_code == 500
+    body = failed.content.decode()
+    assert "The server failed on this request and nothing changed." in body
+    assert '<p id="compare-status" hx-swap-oob="innerHTML">' in body
+    assert "a bug in a view" not in body
+    plain = client.get("/broken")
+    assert plain.status_code == 500
+    assert "hx-swap-oob" not in plain.content.decode()
+
+
 def test_a_refusal_without_any_csrf_cookie_sets_one_that_the_renewed_token_matches():
     client = Client(enforce_csrf_checks=True)
     htmx = {"HX-Request": "true"}
