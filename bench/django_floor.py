@@ -25,7 +25,7 @@ def _urlpatterns() -> list:
     from django.views.decorators.csrf import ensure_csrf_cookie
     from django.views.decorators.http import require_POST
 
-    from bench.floor import events, events_features, events_httpx, events_product
+    from bench.floor import events, events_features, events_httpx, events_lean, events_product
 
     if READER == "httpx":
         events = events_httpx  # noqa: F811
@@ -33,6 +33,8 @@ def _urlpatterns() -> list:
         events = events_features  # noqa: F811
     elif READER == "product":
         events = events_product  # noqa: F811
+    elif READER == "lean":
+        events = events_lean  # noqa: F811
 
     @ensure_csrf_cookie
     def page(request):
@@ -52,8 +54,9 @@ def _urlpatterns() -> list:
 
 # How the view reads the upstream: a raw socket (as bench/floor.py), "httpx" (the app's
 # client), "features" (the app's client, and the app's read path, render and saved JSON for
-# every run's tokens) or "product" (that, with each run saved as a row and its highlighted
-# completion sent), from the environment (FLOOR_READER).
+# every run's tokens), "product" (that, with each run saved as a row and its highlighted
+# completion sent) or "lean" (that, with the leanest reader of the tokens), from the
+# environment (FLOOR_READER).
 READER = env("FLOOR_READER", default="socket")  # noqa: F405
 # The upstream the app would be pointed at, from the same setting.
 UPSTREAM_PORT = int(env("COMPLETIONS_BASE_URL").rsplit(":", 1)[1].split("/", 1)[0])  # noqa: F405

@@ -13,7 +13,9 @@ the floor is on this machine for sections 1 and 2 (docs/PERFORMANCE.md). `events
 `events_features` and `events_product` are the same relay for bench/django_floor.py: reading
 through the app's httpx client, also doing the product's per-token work with the app's own code
 (`ProductTexts`), and also saving each run as a row and sending its highlighted completion
-(`SavedProductTexts`).
+(`SavedProductTexts`); `events_lean` is the last with the leanest reader of the tokens
+(`LeanSavedTexts`), run by hand with `python -m bench.lean_floor` (docs/PERFORMANCE.md, the
+tenth round), not by `make bench`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from playground.completions import (  # noqa: E402
     CompletionRequest,
     LogprobStatus,
     SSEParser,
+    Token,
     TokenAssembler,
     _delta,
     _parse_chunk,
@@ -107,6 +110,12 @@ def events_product(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes
     """`events_features`, also saving each run and sending its highlighted completion
     (`SavedProductTexts`): the product's least work per run on the brief's stack."""
     return _relayed(_httpx_body(form, port), SavedProductTexts(form.get("prompt", [""])[0]))
+
+
+def events_lean(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
+    """`events_product` with the leanest reader of the tokens (`LeanSavedTexts`): what the
+    per-run floor would be if the read path built nothing per token."""
+    return _relayed(_httpx_body(form, port), LeanSavedTexts(form.get("prompt", [""])[0]))
 
 
 def events_features(form: dict[str, list[str]], port: int) -> AsyncIterator[bytes]:
@@ -266,6 +275,48 @@ class SavedProductTexts(ProductTexts):
             finish_reason="length",
             status=RunStatus.COMPLETE,
         )
+
+
+class LeanSavedTexts(SavedProductTexts):
+    """`SavedProductTexts` with the least a reader can do per chunk and still keep its token:
+    the SSE framing split as `Texts` does, the JSON parsed (orjson) and the chunk's text,
+    logprob and alternatives (the parsed dict's items) kept as they are. The `Token`s the
+    render and the save take are made at the run's end, in the worker thread. It reads only
+    the bench upstream's shape (one legacy-logprobs token per chunk), checks nothing and knows
+    no other server: a lower bound for the app's read path, not a replacement for it."""
+
+    def __init__(self, prompt: str) -> None:
+        super().__init__(prompt)
+        self._buffer = b""
+        self._raw: list[tuple[str, float, dict]] = []
+
+    def feed(self, data: bytes) -> list[str]:
+        texts = []
+        *frames, self._buffer = (self._buffer + data).split(b"\n\n")
+        for frame in frames:
+            payload = frame[6:]
+            if payload == b"[DONE]":
+                continue
+            choices = orjson.loads(payload).get("choices")
+            if not choices:
+                continue  # the usage chunk
+            choice = choices[0]
+            logprobs = choice.get("logprobs")
+            if logprobs:
+                self._raw.append(
+                    (choice["text"], logprobs["token_logprobs"][0], logprobs["top_logprobs"][0])
+                )
+            if choice["text"]:
+                texts.append(choice["text"])
+        self._text += texts
+        return texts
+
+    def _render(self) -> RenderedCompletion:
+        self._tokens = [
+            Token(text=text, logprob=logprob, alternatives=tuple(top.items()))
+            for text, logprob, top in self._raw
+        ]
+        return super()._render()
 
 
 _open = 0  # streams this process relays now: the app's cadence depends on it
