@@ -179,7 +179,9 @@ def test_a_page_whose_csrf_token_was_renewed_elsewhere_says_so_and_works_on_the_
     page.goto(app.url + "/")
     page.get_by_label("Prompt").fill("def renewed(t):\n")
     generate(page)
-    expect(page.locator("#autosave")).to_have_text("Draft saved")
+    # No autosave pending when the token goes stale (its debounce restarts with each input).
+    temperature = page.get_by_label("Temperature", exact=True)
+    wait_for_autosave(page, lambda: temperature.fill("0.35"), "temperature=0.35")
     first = page.locator("#result pre").text_content()
     # What a sign-in in another tab does: the cookie's secret changes under the open page.
     page.context.add_cookies([{"name": "csrftoken", "value": "R" * 32, "url": app.url}])
