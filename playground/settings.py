@@ -122,6 +122,11 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Our own JS and CSS are served minified unless DEBUG is on (playground/staticfiles.py).
+STATICFILES_FINDERS = [
+    "playground.staticfiles.MinifyingFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 # Without collectstatic (make run, tests) ServeStatic serves the finders' files directly.
 SERVESTATIC_USE_FINDERS = True
