@@ -188,15 +188,16 @@ class Texts:
 
     def feed(self, data: bytes) -> list[str]:
         texts = []
-        *frames, self._buffer = (self._buffer + data).split(b"\n\n")
-        for frame in frames:
-            payload = frame[6:]
-            if payload == b"[DONE]":
-                continue
-            choices = orjson.loads(payload).get("choices")
+        for chunk in self._chunks(data):
+            choices = chunk.get("choices")
             if choices and choices[0].get("text"):
                 texts.append(choices[0]["text"])
         return texts
+
+    def _chunks(self, data: bytes) -> list[dict]:
+        """The JSON of each SSE message `data` completes, parsed; `[DONE]` left out."""
+        *frames, self._buffer = (self._buffer + data).split(b"\n\n")
+        return [orjson.loads(frame[6:]) for frame in frames if frame[6:] != b"[DONE]"]
 
     async def end(self) -> bytes | None:
         """The work after the last chunk, and the message it sends, if any: none."""
@@ -292,12 +293,8 @@ class LeanSavedTexts(SavedProductTexts):
 
     def feed(self, data: bytes) -> list[str]:
         texts = []
-        *frames, self._buffer = (self._buffer + data).split(b"\n\n")
-        for frame in frames:
-            payload = frame[6:]
-            if payload == b"[DONE]":
-                continue
-            choices = orjson.loads(payload).get("choices")
+        for chunk in self._chunks(data):
+            choices = chunk.get("choices")
             if not choices:
                 continue  # the usage chunk
             choice = choices[0]

@@ -80,6 +80,18 @@ def wait_for_autosave(page, action, text: str) -> None:
     assert response.value.status == 204
 
 
+def open_with_a_run(page, app, prompt: str) -> None:
+    """The editor, with a run of `prompt` made (and so in History)."""
+    page.goto(app.url + "/")
+    page.get_by_label("Prompt").fill(prompt)
+    generate(page)
+
+
+def restore_first(page) -> None:
+    """Restore parameters, on the newest run of the History panel."""
+    page.locator("#history-list li").first.get_by_role("button", name="Restore parameters").click()
+
+
 def test_the_draft_survives_a_reload(page, app):
     page.goto(app.url + "/")
     page.get_by_label("Prompt").fill("def survives_reload():\n")
@@ -115,9 +127,7 @@ def test_generate_save_reload_and_reopen_a_run_with_its_tooltips(page, app):
 def test_restore_from_a_run_just_added_to_history_puts_its_prompt_back(page, app):
     # The history item of a run that just ended comes in the stream's last message, rendered
     # without the request: its Restore form must still pass CSRF (a 403 here lost the click).
-    page.goto(app.url + "/")
-    page.get_by_label("Prompt").fill("def restore_me(y):\n")
-    generate(page)
+    open_with_a_run(page, app, "def restore_me(y):\n")
     page.get_by_label("Prompt").fill("something else entirely")
     item = page.locator("#history-list li").first
     with page.expect_response(lambda r: r.url.endswith("/restore")) as restored:
@@ -130,9 +140,7 @@ def test_an_autosave_of_text_typed_just_before_restore_never_lands_after_it(page
     # Clicking Restore blurs the prompt, whose change event autosaves what was typed; that
     # autosave (and the debounced one behind it) must reach the server before the restore, or
     # the draft ends up holding the typed text and the restored prompt is lost on reload.
-    page.goto(app.url + "/")
-    page.get_by_label("Prompt").fill("def restore_wins(z):\n")
-    generate(page)
+    open_with_a_run(page, app, "def restore_wins(z):\n")
     order = []
 
     def record(kind):
@@ -149,9 +157,7 @@ def test_an_autosave_of_text_typed_just_before_restore_never_lands_after_it(page
     page.route("**/restore", record("restore"))
     page.get_by_label("Prompt").fill("typed over")
     with page.expect_navigation(url=re.compile(r"\?run=\d+$")):
-        page.locator("#history-list li").first.get_by_role(
-            "button", name="Restore parameters"
-        ).click()
+        restore_first(page)
     expect(page.get_by_label("Prompt")).to_have_value("def restore_wins(z):\n")
     page.unroute_all(behavior="wait")
     restore = order.index(("start", "restore", False))
@@ -162,23 +168,17 @@ def test_an_autosave_of_text_typed_just_before_restore_never_lands_after_it(page
 
 
 def test_after_a_failed_restore_the_editor_is_autosaved_again(page, app):
-    page.goto(app.url + "/")
-    page.get_by_label("Prompt").fill("def kept_after_failure():\n")
-    generate(page)
+    open_with_a_run(page, app, "def kept_after_failure():\n")
     page.route("**/restore", lambda route: route.fulfill(status=500, body="Server error"))
     with page.expect_response(lambda r: r.url.endswith("/restore")):
-        page.locator("#history-list li").first.get_by_role(
-            "button", name="Restore parameters"
-        ).click()
+        restore_first(page)
     wait_for_autosave(page, lambda: page.get_by_label("Prompt").fill("still mine"), "still+mine")
     page.reload()
     expect(page.get_by_label("Prompt")).to_have_value("still mine")
 
 
 def test_a_page_whose_csrf_token_was_renewed_elsewhere_says_so_and_works_on_the_next_try(page, app):
-    page.goto(app.url + "/")
-    page.get_by_label("Prompt").fill("def renewed(t):\n")
-    generate(page)
+    open_with_a_run(page, app, "def renewed(t):\n")
     # No autosave pending when the token goes stale (its debounce restarts with each input).
     temperature = page.get_by_label("Temperature", exact=True)
     wait_for_autosave(page, lambda: temperature.fill("0.35"), "temperature=0.35")
@@ -200,9 +200,7 @@ def test_a_page_whose_csrf_token_was_renewed_elsewhere_says_so_and_works_on_the_
 
 
 def test_restoring_a_run_deleted_elsewhere_says_so_and_keeps_the_editor(page, app):
-    page.goto(app.url + "/")
-    page.get_by_label("Prompt").fill("def deleted_elsewhere():\n")
-    generate(page)
+    open_with_a_run(page, app, "def deleted_elsewhere():\n")
     item = page.locator("#history-list li").first
     with sqlite3.connect(app.db) as db:  # as its session's deletion in another tab does
         db.execute("DELETE FROM playground_run WHERE id = ?", (item.get_attribute("data-run-id"),))
