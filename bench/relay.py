@@ -189,9 +189,10 @@ def concurrency(
     return rows, raw
 
 
-# One batch's CPU per token moves by 10-30 % from run to run on this VM; the app and the floor
-# it is held to (the features floor) take three batches each, in turns, and the median of the
-# three is their number. A pair shares its seed; the seeds are apart from every other batch's.
+# One batch's CPU per token moves by 10-30 % from run to run on this VM; the app and the floors
+# it is held to (the per-token and per-run floors) take three batches each, in turns, and the
+# median of the three is their number. A round shares its seed; the seeds are apart from every
+# other batch's.
 FIRST_BATCH_SEED = 20_000
 CPU_BATCH_SEEDS = (60_000, 70_000)
 
@@ -261,8 +262,9 @@ class ServedFloor:
 
 @contextlib.contextmanager
 def served_floor(upstream_port: int, reader: str = "socket") -> Iterator[ServedFloor]:
-    """bench/django_floor.py in its own worker; `reader="httpx"` reads the upstream through
-    the app's httpx client, `"features"` does the product's per-token work as well."""
+    """bench/django_floor.py in its own worker; `reader` is its FLOOR_READER: `"httpx"` reads
+    the upstream through the app's httpx client, `"features"` does the product's per-token work
+    as well, `"product"` its per-run work too, `"lean"` that with the leanest reader."""
     env = {"DJANGO_SETTINGS_MODULE": "bench.django_floor", "FLOOR_READER": reader}
     with (
         tempfile.TemporaryDirectory() as tmp,
