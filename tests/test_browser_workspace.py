@@ -177,6 +177,38 @@ def test_after_a_failed_restore_the_editor_is_autosaved_again(page, app):
     expect(page.get_by_label("Prompt")).to_have_value("still mine")
 
 
+NGINX_502 = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+def test_a_proxys_error_page_is_not_swapped_into_the_output_and_nothing_is_lost(page, app):
+    open_with_a_run(page, app, "def behind_a_proxy():\n")
+    first = page.locator("#result pre").text_content()
+    page.route(
+        "**/generate",
+        lambda route: route.fulfill(status=502, content_type="text/html", body=NGINX_502),
+    )
+    with page.expect_response(lambda r: r.url.endswith("/generate")):
+        page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_contain_text("The server could not answer (502")
+    expect(page.locator("#result pre")).to_have_text(first)
+    expect(page.locator("main")).not_to_contain_text("nginx")
+    expect(page.get_by_label("Prompt")).to_have_value("def behind_a_proxy():\n")
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+
+
+def test_a_restore_answered_with_an_empty_error_keeps_its_button_and_says_so(page, app):
+    open_with_a_run(page, app, "def empty_answer():\n")
+    page.route("**/restore", lambda route: route.fulfill(status=504, body=""))
+    with page.expect_response(lambda r: r.url.endswith("/restore")):
+        restore_first(page)
+    expect(page.locator("#status")).to_contain_text("The server could not answer (504")
+    first = page.locator("#history-list li").first
+    expect(first.get_by_role("button", name="Restore parameters")).to_be_visible()
+
+
 def test_a_page_whose_csrf_token_was_renewed_elsewhere_says_so_and_works_on_the_next_try(page, app):
     open_with_a_run(page, app, "def renewed(t):\n")
     # No autosave pending when the token goes stale (its debounce restarts with each input).

@@ -605,6 +605,23 @@
     document.body.setAttribute("hx-headers:inherited", `{"X-CSRFToken":"${token}"}`);
     for (const input of document.querySelectorAll("[name=csrfmiddlewaretoken]")) input.value = token;
   });
+  // htmx 4 swaps error responses too. Ours are fragments made for that (out-of-band status
+  // messages, field errors); a whole page, an empty body or plain text from elsewhere (a
+  // proxy's 502, Django's bare 405) would land in the live output or in place of the form that
+  // asked. Those are not swapped: the status line says what happened and everything stays.
+  const foreign = (ctx) => {
+    const type = ctx.response.headers.get("Content-Type") || "";
+    const text = (ctx.text || "").trimStart().slice(0, 15).toLowerCase();
+    return !type.startsWith("text/html") || !text || text.startsWith("<!doctype") || text.startsWith("<html");
+  };
+  document.addEventListener("htmx:before:swap", (event) => {
+    const ctx = event.detail.ctx;
+    if (!ctx.response || ctx.response.status < 400 || !foreign(ctx)) return;
+    event.preventDefault();
+    const reason = [ctx.response.status, ctx.response.raw && ctx.response.raw.statusText].filter(Boolean).join(" ");
+    const where = ["status", "compare-status", "request-status"].map((id) => document.getElementById(id)).find(Boolean);
+    if (where) where.textContent = `The server could not answer (${reason}). Nothing changed: try again.`;
+  });
   // A restore must be the editor's last write (an autosave of the old text would undo it): it
   // queues behind one in flight (hx-sync) and, unless it fails, no autosave follows it.
   let restoring = false;
