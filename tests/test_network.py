@@ -305,6 +305,23 @@ def test_idle_connections_past_the_keepalive_limit_are_closed(upstream):
     assert upstream.connections == 6 + 4, "the second six reused the two kept connections"
 
 
+def test_the_apps_client_keeps_a_whole_burst_of_connections_for_the_next_one(upstream, settings):
+    # httpx keeps 20 idle connections: a burst of 30 runs would reopen 10 for the next burst,
+    # each a TLS handshake against an https upstream.
+    settings.UPSTREAM_MAX_CONNECTIONS = 40
+    upstream.default = upstream.script(tokens=TOKENS, chunk_delay=0.01)
+
+    async def go():
+        async with make_client() as client:
+            bursts = []
+            for _ in range(2):
+                bursts += await asyncio.gather(*[run(client, upstream.base_url) for _ in range(30)])
+            return bursts
+
+    assert asyncio.run(go()) == ["".join(TOKENS)] * 60
+    assert upstream.connections == 30, "the second burst reused every connection of the first"
+
+
 def test_a_full_pool_closes_an_idle_connection_for_another_origin(upstream):
     upstream.script(tokens=TOKENS)
     with running_upstream() as other:
