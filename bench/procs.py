@@ -108,7 +108,9 @@ class App:
 
 
 @contextlib.contextmanager
-def app(tmp_dir: Path, **env_overrides: str) -> Iterator[App]:
+def app(tmp_dir: Path, root: Path = ROOT, **env_overrides: str) -> Iterator[App]:
+    """The app served as `make run` serves it, from the tree at `root` (another tree: an A/B
+    run, bench/ab.py), on a fresh SQLite database in `tmp_dir`."""
     env = {k: v for k, v in os.environ.items() if k not in CLEARED}
     env.update(
         DJANGO_SETTINGS_MODULE="playground.settings",
@@ -119,7 +121,7 @@ def app(tmp_dir: Path, **env_overrides: str) -> Iterator[App]:
     env.update(env_overrides)
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "--verbosity", "0"],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         check=True,
     )
@@ -141,7 +143,7 @@ def app(tmp_dir: Path, **env_overrides: str) -> Iterator[App]:
             "--backlog",
             "2048",
         ],
-        cwd=ROOT,
+        cwd=root,
         env=env,
     )
     try:
