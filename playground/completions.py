@@ -1452,7 +1452,7 @@ def make_client(
     connections = max_connections or settings.UPSTREAM_MAX_CONNECTIONS
     # Every connection may stay idle for the next run (httpx keeps 20): after a burst of more
     # runs than that, each one past 20 would otherwise open a new connection, over https a TLS
-    # handshake: about 0.7-1.8 ms of the worker's CPU each (docs/PERFORMANCE.md). Idle ones
+    # handshake: about 0.7 ms of the worker's CPU each (bench/tls_pool.py). Idle ones
     # close after 30 s, and a server's close of one is noticed before it is reused.
     limits = httpx.Limits(
         max_connections=connections,
