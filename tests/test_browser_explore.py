@@ -141,6 +141,25 @@ def test_compare_columns_stream_concurrently_each_with_its_stats(page, app, colu
     assert page.locator("#compare-diff a").count() == columns * (columns - 1) // 2
 
 
+def test_a_load_balancers_error_page_on_compare_is_reported_not_swapped_in(page, app):
+    page.goto(f"{app.url}/compare/?columns=2")
+    page.locator("#compare-prompt").fill("def kept_in_compare():\n")
+    page.route(
+        "**/compare/run",
+        lambda route: route.fulfill(
+            status=503,
+            content_type="text/html",
+            body="<!DOCTYPE html><html><body><h1>Service Unavailable</h1>lb-node-7</body></html>",
+        ),
+    )
+    with page.expect_response(lambda r: r.url.endswith("/compare/run")):
+        page.get_by_role("button", name="Generate all").click()
+    expect(page.locator("#compare-status")).to_contain_text("The server could not answer (503")
+    expect(page.locator("main")).not_to_contain_text("lb-node-7")
+    expect(page.locator("#compare-prompt")).to_have_value("def kept_in_compare():\n")
+    expect(page.get_by_role("button", name="Generate all")).to_be_enabled()
+
+
 def test_the_diff_marks_the_first_divergence_with_both_sides_probabilities(page, app):
     page.goto(f"{app.url}/compare/?columns=2")
     for n, temperature in enumerate(["0", "1.5"]):
