@@ -6,7 +6,8 @@ upstream. At each level they take one batch each in turns, ROUNDS times, each ro
 seeds, so both see the same moment of the machine, whose speed drifts within minutes
 (docs/PERFORMANCE.md). Printed: the medians of CPU per 1,000 tokens, the median of the rounds'
 ratios and in how many rounds the working tree was lower. Only a difference of about 10 %, in
-most rounds, is a result (two identical trees have read 3 % apart).
+most rounds, is a result (two identical trees have read 3 % apart). Both trees run in this
+checkout's virtualenv, so BASE must need the same dependencies.
 
     python -m bench.ab HEAD~1 [ROUNDS] [LEVELS]      # default: 6 rounds at 50,200,500
 """

@@ -76,14 +76,20 @@ async def _cpu_per_request(client: httpx.AsyncClient, url: str, burst: int, burs
 async def _measure(port: int, ca: Path, burst: int, bursts: int) -> None:
     from django.conf import settings
 
-    settings.configure()
+    settings.configure()  # the app's modules are imported outside a Django project here
     from playground import completions, network
 
     url = f"https://127.0.0.1:{port}/v1/completions"
     verify = ssl.create_default_context(cafile=str(ca))
     timeout = httpx.Timeout(30.0)
-    app = completions.make_client(max_connections=1000, timeout=timeout)
-    app._transport = httpx.AsyncHTTPTransport(verify=verify, limits=_limits(app))
+    # The app's client, with the loopback CA: the pool limits `make_client` sets, on a
+    # transport that trusts the throwaway CA, with the app's network backend.
+    made = completions.make_client(max_connections=1000, timeout=timeout)
+    limits = _limits(made)
+    await made.aclose()
+    app = httpx.AsyncClient(
+        timeout=timeout, transport=httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+    )
     network.install(app._transport)
     default = httpx.AsyncClient(
         timeout=timeout,
