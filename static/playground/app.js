@@ -619,7 +619,9 @@
     if (!ctx.response || ctx.response.status < 400 || !foreign(ctx)) return;
     event.preventDefault();
     const reason = [ctx.response.status, ctx.response.raw && ctx.response.raw.statusText].filter(Boolean).join(" ");
-    const where = ["status", "compare-status", "request-status"].map((id) => document.getElementById(id)).find(Boolean);
+    // The editor and the compare page make htmx requests; each has one status line (as in
+    // page.html#request-failed, which our own failures fill).
+    const where = document.getElementById("status") || document.getElementById("compare-status");
     if (where) where.textContent = `The server could not answer (${reason}). Nothing changed: try again.`;
   });
   // A restore must be the editor's last write (an autosave of the old text would undo it): it
